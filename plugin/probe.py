@@ -1,0 +1,304 @@
+"""The nagiosplugin Resource: runs the relay battery against a target and measures.
+
+It only measures.  What the measurements mean is for verdict.py.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections import deque
+from dataclasses import dataclass, field
+
+import nagiosplugin
+
+from .battery import Attempt, Envelope, address_literal, render
+from .classify import Outcome, judge
+from .reply import Reply
+from .session import (
+    ConnectionLost,
+    Deadline,
+    DeadlineExpired,
+    RelaySession,
+    SessionError,
+    Transcript,
+)
+from .settings import Settings
+from .targets import Target, TargetError, ip_version, resolve_host
+
+# Postfix slows a client down after 10 errors on one connection (smtpd_soft_error_limit)
+# and drops it at 20; a test costs at most two error replies.  Reconnect before that.
+ERRORS_PER_CONNECTION = 8
+# A test whose connection dies under it is tried once more on a fresh connection.
+TRIES_PER_TEST = 2
+# Connections in a row that decide nothing before the battery is given up.
+FRUITLESS_CONNECTIONS = 3
+
+
+@dataclass
+class AttemptResult:
+    attempt: Attempt
+    outcome: Outcome
+    reason: str
+    reached_rcpt: bool = False
+    mail: Reply | None = None
+    rcpt: Reply | None = None
+    connection: int = 0
+
+    @property
+    def decisive_reply(self) -> Reply | None:
+        return self.rcpt if self.rcpt is not None else self.mail
+
+
+@dataclass
+class TargetReport:
+    target: Target
+    results: list[AttemptResult] = field(default_factory=list)
+    transcripts: list[Transcript] = field(default_factory=list)
+    banner: Reply | None = None
+    server_name: str = ""
+    envelope: Envelope | None = None
+    failure: SessionError | None = None
+    notes: list[str] = field(default_factory=list)
+    elapsed: float = 0.0
+
+    def with_outcome(self, outcome: Outcome) -> list[AttemptResult]:
+        return [result for result in self.results if result.outcome is outcome]
+
+
+class TestAborted(Exception):
+    """The rest of the battery cannot run (deadline, hostile server)."""
+
+
+class RelayProbe(nagiosplugin.Resource):
+    """Tries every relay test of the battery on one mail server."""
+
+    def __init__(self, settings: Settings, deadline: Deadline) -> None:
+        self.settings = settings
+        self.deadline = deadline
+        self.report: TargetReport | None = None
+
+    def probe(self):
+        settings = self.settings
+        try:
+            target = resolve_host(settings.hostname, settings.port, settings.family)[0]
+        except TargetError as exc:
+            raise nagiosplugin.CheckError(str(exc)) from exc
+        self.report = BatteryRun(settings, target, self.deadline).run()
+        report = self.report
+        total = len(settings.tests)
+        yield nagiosplugin.Metric("relay", len(report.with_outcome(Outcome.ACCEPTED)),
+                                  context="relay")
+        yield nagiosplugin.Metric("time", round(report.elapsed, 3), uom="s", min=0,
+                                  context="time")
+        for outcome in Outcome:
+            yield nagiosplugin.Metric(outcome.value, len(report.with_outcome(outcome)),
+                                      min=0, max=total, context="count")
+
+
+class BatteryRun:
+    """One pass of the battery over as many connections as the server makes us use."""
+
+    def __init__(self, settings: Settings, target: Target, deadline: Deadline) -> None:
+        self.settings = settings
+        self.target = target
+        self.deadline = deadline
+        self.report = TargetReport(target)
+        self.tls_context = None
+        self.starttls = settings.starttls
+
+    def run(self) -> TargetReport:
+        pending: deque[Attempt] | None = None
+        tries: dict[str, int] = {}
+        fruitless = 0
+        connection = 0
+        while pending is None or pending:
+            connection += 1
+            try:
+                session = self._open(connection)
+            except SessionError as exc:
+                self.report.failure = exc
+                break
+            if pending is None:
+                pending = deque(render(self.settings.tests, self._envelope()))
+            decided = self._run_some(session, connection, pending, tries)
+            session.goodbye()
+            if self.report.failure is not None and not isinstance(
+                    self.report.failure, ConnectionLost):
+                break
+            fruitless = 0 if decided else fruitless + 1
+            if fruitless >= FRUITLESS_CONNECTIONS:
+                break
+        why = describe_failure(self.report.failure, self.target, self.deadline.seconds)
+        for attempt in pending or ():
+            reason = f"not tried: {why}"
+            self.report.results.append(AttemptResult(attempt, Outcome.UNTESTED, reason))
+        order = {test.id: index for index, test in enumerate(self.settings.tests)}
+        self.report.results.sort(key=lambda result: order[result.attempt.test.id])
+        self.report.elapsed = self.deadline.elapsed()
+        return self.report
+
+    def _open(self, connection: int) -> RelaySession:
+        session = self._connect(connection)
+        if self.settings.implicit_tls or self.starttls == "never":
+            return session
+        if not session.has_extn("starttls"):
+            if self.starttls == "always":
+                session.goodbye()
+                raise SessionError("STARTTLS", "not offered by the server")
+            return session
+        try:
+            session.upgrade(self._context())
+        except DeadlineExpired:
+            raise
+        except SessionError as exc:
+            session.goodbye()
+            if self.starttls == "always":
+                raise
+            # A spammer would carry on in plain text, so the check does too.
+            self.starttls = "never"
+            self.report.notes.append(f"STARTTLS failed ({exc.reason}); tested without TLS")
+            return self._connect(connection)
+        reply = session.greet()
+        if reply.code != 250:
+            session.goodbye()
+            raise SessionError("EHLO after STARTTLS", f"refused: {reply}")
+        return session
+
+    def _connect(self, connection: int) -> RelaySession:
+        """A fresh connection, greeted, before any STARTTLS."""
+        transcript = Transcript(connection, self.target.address)
+        self.report.transcripts.append(transcript)
+        session = RelaySession(self.settings.helo, self.deadline, transcript,
+                               self._context() if self.settings.implicit_tls else None,
+                               self._tls_name())
+        banner = session.open(self.target.address, self.target.port)
+        if banner.code != 220:
+            session.goodbye()
+            raise SessionError("banner", f"server refuses service: {banner}")
+        if self.report.banner is None:
+            self.report.banner = banner
+        greeting = session.greet()
+        if greeting.code != 250:
+            session.goodbye()
+            raise SessionError("HELO", f"refused: {greeting}")
+        if not self.report.server_name:
+            self.report.server_name = _announced_name(banner) or _announced_name(greeting)
+        return session
+
+    def _run_some(self, session: RelaySession, connection: int,
+                  pending: deque[Attempt], tries: dict[str, int]) -> int:
+        """Run tests on this connection until it is spent; return how many were decided."""
+        decided = errors = 0
+        while pending and errors + 2 <= ERRORS_PER_CONNECTION:
+            attempt = pending[0]
+            try:
+                mail, rcpt, rset = session.transaction(attempt.mail_from, attempt.rcpt_to)
+            except ConnectionLost as exc:
+                tries[attempt.test.id] = tries.get(attempt.test.id, 0) + 1
+                if tries[attempt.test.id] >= TRIES_PER_TEST:
+                    pending.popleft()
+                    outcome = Outcome.TEMPFAIL if exc.reply else Outcome.UNTESTED
+                    self._record(attempt, outcome, exc.reason, connection)
+                    decided += 1
+                self.report.failure = exc
+                return decided
+            except SessionError as exc:
+                self.report.failure = exc
+                return decided
+            pending.popleft()
+            judgement = judge(mail, rcpt)
+            self._record(attempt, judgement.outcome, judgement.reason, connection,
+                         mail, rcpt, judgement.reached_rcpt)
+            self.report.failure = None
+            decided += 1
+            errors += sum(1 for reply in (mail, rcpt, rset) if reply and reply.code >= 400)
+            if rset.code != 250:
+                break
+        return decided
+
+    def _record(self, attempt: Attempt, outcome: Outcome, reason: str, connection: int,
+                mail: Reply | None = None, rcpt: Reply | None = None,
+                reached_rcpt: bool = False) -> None:
+        self.report.results.append(AttemptResult(
+            attempt, outcome, reason, reached_rcpt, mail, rcpt, connection))
+
+    def _envelope(self) -> Envelope:
+        settings = self.settings
+        literal = address_literal(self.target.address)
+        if ip_version(settings.hostname) is None:
+            host = settings.hostname.rstrip(".").lower()
+        else:
+            host = self.report.server_name or literal
+        domain = settings.target_domain or derive_domain(host)
+        envelope = Envelope(settings.sender, settings.recipient, host, domain, literal,
+                            settings.foreign_literal)
+        refuse_local_recipient(envelope)
+        self.report.envelope = envelope
+        return envelope
+
+    def _context(self):
+        if self.tls_context is None:
+            import ssl  # only when TLS is used: it is the costliest import
+
+            if self.settings.tls_verify:
+                self.tls_context = ssl.create_default_context()
+            else:
+                self.tls_context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+                self.tls_context.check_hostname = False
+                self.tls_context.verify_mode = ssl.CERT_NONE
+        return self.tls_context
+
+    def _tls_name(self) -> str | None:
+        name = self.settings.hostname
+        return None if ip_version(name) is not None else name
+
+
+def _announced_name(reply: Reply) -> str:
+    """The host name a server gives itself: the first word of its banner or EHLO reply."""
+    words = reply.lines[0].split() if reply.lines else []
+    name = words[0].rstrip(".").lower() if words else ""
+    if "." in name and ip_version(name) is None and all(
+            label and label.replace("-", "").isalnum() for label in name.split(".")):
+        return name
+    return ""
+
+
+def derive_domain(host: str) -> str:
+    """mx1.example.org → example.org; a two-label name is its own domain."""
+    if host.startswith("["):
+        return host
+    labels = host.split(".")
+    return ".".join(labels[1:]) if len(labels) > 2 else host
+
+
+def refuse_local_recipient(envelope: Envelope) -> None:
+    """A recipient the target delivers itself makes every test "succeed"."""
+    domain = envelope.recipient.rpartition("@")[2].rstrip(".").lower()
+    own = {envelope.target_host.lower(), envelope.target_domain.lower(),
+           envelope.target_literal.lower()}
+    if domain in own or _literal_of(domain) == _literal_of(envelope.target_literal):
+        raise nagiosplugin.CheckError(
+            f"--to {envelope.recipient} is in the target's own domain ({domain}); "
+            "the server would deliver it locally: use an outside recipient")
+
+
+def _literal_of(text: str) -> str | None:
+    inner = text.strip("[]").removeprefix("IPv6:").removeprefix("ipv6:")
+    try:
+        return str(ipaddress.ip_address(inner))
+    except ValueError:
+        return None
+
+
+def describe_failure(failure: SessionError | None, target: Target, seconds: float) -> str:
+    if failure is None:
+        return "the server made no progress on several connections"
+    if isinstance(failure, DeadlineExpired):
+        if failure.step == "connect":
+            return f"no connection to {target.address} within {seconds:g} s"
+        if failure.step == "TLS handshake":
+            return f"TLS handshake with {target.address} unfinished after {seconds:g} s"
+        return f"no {failure.step} from {target.address} within {seconds:g} s"
+    if failure.step in ("connect", "banner", "TLS handshake"):
+        return f"{failure.step}: {failure.reason}"
+    return f"{failure.reason} (at {failure.step})"

@@ -1,0 +1,173 @@
+"""Judging and wording: nagiosplugin Contexts that decide the state, a Summary that words it.
+
+The state of a relay check is not the worst of independent metrics: one accepted
+relay is CRITICAL even if the battery then timed out.  So one function decides,
+in the order an on-call engineer needs: relayed, could not test, could not decide, OK.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+import nagiosplugin
+
+from .classify import Outcome
+from .probe import AttemptResult, TargetReport, describe_failure
+from .reply import printable
+from .session import TranscriptLine
+
+# Nagios keeps 8 KB of plugin output: full dialogues for the first few accepted
+# attempts, one line each for the rest.
+FULL_EVIDENCE = 5
+
+
+@dataclass(frozen=True)
+class Verdict:
+    state: nagiosplugin.state.ServiceState
+    summary: str
+
+
+def judge_report(report: TargetReport, seconds: float) -> Verdict:
+    label = report.target.label
+    total = len(report.results)
+    accepted = report.with_outcome(Outcome.ACCEPTED)
+    if accepted:
+        return Verdict(nagiosplugin.Critical,
+                       f"{label} relayed {len(accepted)} of {total} attempts ({_ids(accepted)})")
+    untested = report.with_outcome(Outcome.UNTESTED)
+    why = describe_failure(report.failure, report.target, seconds)
+    if untested and len(untested) == total:
+        return Verdict(nagiosplugin.Unknown, f"{label}: {why}")
+    if untested:
+        return Verdict(nagiosplugin.Unknown,
+                       f"{label}: {len(untested)} of {total} attempts not made: {why}")
+    undecided = (report.with_outcome(Outcome.INCONCLUSIVE)
+                 + report.with_outcome(Outcome.TEMPFAIL))
+    if undecided:
+        reason, _ = Counter(result.reason for result in undecided).most_common(1)[0]
+        return Verdict(nagiosplugin.Warn,
+                       f"{label} no relay accepted, but {len(undecided)} of {total} attempts "
+                       f"undecided ({reason}): {_ids(undecided)}")
+    if not any(result.reached_rcpt for result in report.results):
+        reasons = {result.reason for result in report.results}
+        if reasons == {"MAIL FROM authentication required"}:
+            return Verdict(nagiosplugin.Ok,
+                           f"{label} refused all {total} relay attempts "
+                           "(authentication required to send)")
+        example = printable(str(report.results[0].mail)) if report.results else ""
+        return Verdict(nagiosplugin.Warn,
+                       f"{label} relay policy never reached: every MAIL FROM refused "
+                       f"({example})")
+    return Verdict(nagiosplugin.Ok, f"{label} refused all {total} relay attempts")
+
+
+def _ids(results: list[AttemptResult], limit: int = 6) -> str:
+    ids = [result.attempt.test.id for result in results]
+    return ", ".join(ids[:limit]) + (f" and {len(ids) - limit} more" if len(ids) > limit else "")
+
+
+class RelayContext(nagiosplugin.Context):
+    """Decides the state from the whole report of the probe."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__("relay")
+        self.seconds = seconds
+
+    def evaluate(self, metric, resource):
+        verdict = judge_report(resource.report, self.seconds)
+        return self.result_cls(verdict.state, verdict.summary, metric)
+
+
+class CountContext(nagiosplugin.ScalarContext):
+    """Per-outcome counts: perfdata only, never a state of their own."""
+
+    def __init__(self) -> None:
+        super().__init__("count")
+
+    def evaluate(self, metric, resource):
+        return self.result_cls(nagiosplugin.Ok, None, metric)
+
+
+class RelaySummary(nagiosplugin.Summary):
+    def __init__(self, verbose: int) -> None:
+        self.verbose_level = verbose
+
+    def ok(self, results):
+        return results["relay"].hint
+
+    def problem(self, results):
+        relay = results["relay"] if "relay" in results else None  # noqa: SIM401 (no .get)
+        if relay is not None and relay.state != nagiosplugin.Ok:
+            return relay.hint
+        worst = results.first_significant
+        if worst.metric is not None and worst.metric.name == "time":
+            hint = relay.hint if relay is not None else ""
+            return f"{hint}; slow: {worst.metric.value:g} s ({worst.hint})"
+        return str(worst)
+
+    def verbose(self, results):
+        if "relay" not in results:
+            return []
+        report: TargetReport = results["relay"].resource.report
+        return long_output(report, results["relay"].state, self.verbose_level)
+
+
+def long_output(report: TargetReport, state, level: int) -> list[str]:
+    out: list[str] = []
+    accepted = report.with_outcome(Outcome.ACCEPTED)
+    if accepted:
+        banner = f" (banner: {report.banner})" if report.banner else ""
+        out.append(f"Accepted relay attempts on {report.target.label} port "
+                   f"{report.target.port}{banner}:")
+        for result in accepted[:FULL_EVIDENCE]:
+            out.extend(_evidence(result))
+        out.extend(f"  {result.attempt.test.id}: C: RCPT TO:{printable(result.attempt.rcpt_to)}"
+                   f" S: {result.rcpt}" for result in accepted[FULL_EVIDENCE:])
+    undecided = [result for result in report.results
+                 if result.outcome in (Outcome.INCONCLUSIVE, Outcome.TEMPFAIL)]
+    if undecided and state != nagiosplugin.Ok:
+        out.append("Undecided attempts:")
+        out.extend(f"  {result.attempt.test.id}: {result.reason}: "
+                   f"{_reply(result)}" for result in undecided)
+    if state == nagiosplugin.Unknown and report.transcripts:
+        out.append(f"Last dialogue with {report.target.address}:")
+        out.extend(_format_lines(report.transcripts[-1].lines[-10:], timed=False))
+    out.extend(f"Note: {printable(note)}" for note in report.notes)
+    if level >= 1:
+        out.append("All attempts:")
+        out.extend(f"  {result.attempt.test.id:<21} {result.outcome.value:<12} "
+                   f"{_reply(result)}" for result in report.results)
+    if level >= 2 and report.envelope is not None:
+        env = report.envelope
+        out.append(f"Target {report.target.label} port {report.target.port}; "
+                   f"host name {env.target_host}; domain {env.target_domain}; "
+                   f"sender {env.sender}; recipient {env.recipient}; "
+                   f"{len(report.transcripts)} connections")
+    if level >= 3:
+        for transcript in report.transcripts:
+            out.append(f"Connection {transcript.connection} to {transcript.address}:")
+            out.extend(_format_lines(transcript.lines, timed=True))
+    return out
+
+
+def _reply(result: AttemptResult) -> str:
+    reply = result.decisive_reply
+    return str(reply) if reply is not None else printable(result.reason)
+
+
+def _evidence(result: AttemptResult) -> list[str]:
+    """The MAIL/RCPT exchange of one attempt, each command next to its reply."""
+    lines = [f"  {result.attempt.test.id} ({result.attempt.test.purpose}):",
+             f"    C: MAIL FROM:{printable(result.attempt.mail_from)}"]
+    lines.extend(f"    S: {line}" for line in result.mail.wire_lines())
+    lines.append(f"    C: RCPT TO:{printable(result.attempt.rcpt_to)}")
+    lines.extend(f"    S: {line}" for line in result.rcpt.wire_lines())
+    return lines
+
+
+def _format_lines(lines: list[TranscriptLine], timed: bool, indent: int = 2) -> list[str]:
+    names = {">": "C:", "<": "S:", "*": "--"}
+    pad = " " * indent
+    return [f"{pad}{f'[{line.offset:7.3f}] ' if timed else ''}{names[line.direction]} "
+            f"{printable(line.text)}" for line in lines]
