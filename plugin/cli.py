@@ -14,7 +14,7 @@ import nagiosplugin
 from . import __version__
 from .battery import BATTERY, address_literal, select
 from .settings import Settings
-from .targets import ip_version
+from .targets import delivered_locally, derive_domain, ip_version, local_recipient_message
 
 PLUGIN_NAME = "OPEN_RELAY"
 DEFAULT_TIMEOUT = 30.0   # seconds; leaves headroom under Icinga's 60 s check timeout
@@ -152,6 +152,13 @@ def parse(argv: list[str] | None = None) -> Settings:
     if ip_version(args.hostname) is None and not _HOSTNAME.match(args.hostname):
         raise UsageError(f"--hostname {args.hostname!r} is neither a host name nor an address")
     recipient = _mailbox("--to", args.to)
+    if ip_version(args.hostname) is None:
+        host = args.hostname.rstrip(".").lower()
+        domain = (args.target_domain or derive_domain(host)).rstrip(".").lower()
+        if delivered_locally(recipient, host, domain):
+            raise UsageError(local_recipient_message(recipient))
+    elif delivered_locally(recipient, "", "", address_literal(args.hostname)):
+        raise UsageError(local_recipient_message(recipient))
     sender = _mailbox("--from", args.sender) if args.sender else recipient
     helo = args.helo or _default_helo()
     if not (_HOSTNAME.match(helo) or _is_literal(helo)):

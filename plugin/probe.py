@@ -5,7 +5,6 @@ It only measures.  What the measurements mean is for verdict.py.
 
 from __future__ import annotations
 
-import ipaddress
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -23,7 +22,15 @@ from .session import (
     Transcript,
 )
 from .settings import Settings
-from .targets import Target, TargetError, ip_version, resolve_host
+from .targets import (
+    Target,
+    TargetError,
+    delivered_locally,
+    derive_domain,
+    ip_version,
+    local_recipient_message,
+    resolve_host,
+)
 
 # Postfix slows a client down after 10 errors on one connection (smtpd_soft_error_limit)
 # and drops it at 20; a test costs at most two error replies.  Reconnect before that.
@@ -128,8 +135,10 @@ class BatteryRun:
             fruitless = 0 if decided else fruitless + 1
             if fruitless >= FRUITLESS_CONNECTIONS:
                 break
+        if pending is None:   # not even one connection: nothing was tried
+            pending = deque(render(self.settings.tests, self._envelope()))
         why = describe_failure(self.report.failure, self.target, self.deadline.seconds)
-        for attempt in pending or ():
+        for attempt in pending:
             reason = f"not tried: {why}"
             self.report.results.append(AttemptResult(attempt, Outcome.UNTESTED, reason))
         order = {test.id: index for index, test in enumerate(self.settings.tests)}
@@ -232,7 +241,8 @@ class BatteryRun:
         domain = settings.target_domain or derive_domain(host)
         envelope = Envelope(settings.sender, settings.recipient, host, domain, literal,
                             settings.foreign_literal)
-        refuse_local_recipient(envelope)
+        if delivered_locally(settings.recipient, host, domain, literal):
+            raise nagiosplugin.CheckError(local_recipient_message(settings.recipient))
         self.report.envelope = envelope
         return envelope
 
@@ -261,33 +271,6 @@ def _announced_name(reply: Reply) -> str:
             label and label.replace("-", "").isalnum() for label in name.split(".")):
         return name
     return ""
-
-
-def derive_domain(host: str) -> str:
-    """mx1.example.org → example.org; a two-label name is its own domain."""
-    if host.startswith("["):
-        return host
-    labels = host.split(".")
-    return ".".join(labels[1:]) if len(labels) > 2 else host
-
-
-def refuse_local_recipient(envelope: Envelope) -> None:
-    """A recipient the target delivers itself makes every test "succeed"."""
-    domain = envelope.recipient.rpartition("@")[2].rstrip(".").lower()
-    own = {envelope.target_host.lower(), envelope.target_domain.lower(),
-           envelope.target_literal.lower()}
-    if domain in own or _literal_of(domain) == _literal_of(envelope.target_literal):
-        raise nagiosplugin.CheckError(
-            f"--to {envelope.recipient} is in the target's own domain ({domain}); "
-            "the server would deliver it locally: use an outside recipient")
-
-
-def _literal_of(text: str) -> str | None:
-    inner = text.strip("[]").removeprefix("IPv6:").removeprefix("ipv6:")
-    try:
-        return str(ipaddress.ip_address(inner))
-    except ValueError:
-        return None
 
 
 def describe_failure(failure: SessionError | None, target: Target, seconds: float) -> str:

@@ -49,3 +49,39 @@ def resolve_host(name: str, port: int, family: int | None) -> list[Target]:
         kind = f"IPv{family} " if family else ""
         raise TargetError(f"{name} has no {kind}address")
     return [Target(name, address, port) for address in addresses]
+
+
+def derive_domain(host: str) -> str:
+    """mx1.example.org → example.org; a two-label name is its own domain."""
+    if host.startswith("["):
+        return host
+    labels = host.split(".")
+    return ".".join(labels[1:]) if len(labels) > 2 else host
+
+
+def delivered_locally(recipient: str, host: str, domain: str, literal: str = "") -> bool:
+    """Whether the target is final destination for the recipient's domain.
+
+    Such a recipient makes every relay test "succeed" (nmap reports closed servers
+    as open relays this way).
+    """
+    rcpt_domain = recipient.rpartition("@")[2].rstrip(".").lower()
+    if rcpt_domain in {host.lower(), domain.lower()}:
+        return True
+    rcpt_address = _literal_address(rcpt_domain)
+    return rcpt_address is not None and rcpt_address == _literal_address(literal)
+
+
+def local_recipient_message(recipient: str) -> str:
+    return (f"--to {recipient} is in the target's own domain, so the server would deliver "
+            "it locally: use a recipient at an outside domain")
+
+
+def _literal_address(text: str) -> str | None:
+    inner = text.strip("[]")
+    if inner.lower().startswith("ipv6:"):
+        inner = inner[5:]
+    try:
+        return str(ipaddress.ip_address(inner))
+    except ValueError:
+        return None

@@ -37,11 +37,12 @@ def judge_report(report: TargetReport, seconds: float) -> Verdict:
                        f"{label} relayed {len(accepted)} of {total} attempts ({_ids(accepted)})")
     untested = report.with_outcome(Outcome.UNTESTED)
     why = describe_failure(report.failure, report.target, seconds)
+    prefix = "" if label == report.target.address else f"{label}: "
     if untested and len(untested) == total:
-        return Verdict(nagiosplugin.Unknown, f"{label}: {why}")
+        return Verdict(nagiosplugin.Unknown, f"{prefix}{why}")
     if untested:
         return Verdict(nagiosplugin.Unknown,
-                       f"{label}: {len(untested)} of {total} attempts not made: {why}")
+                       f"{prefix}{len(untested)} of {total} attempts not made: {why}")
     undecided = (report.with_outcome(Outcome.INCONCLUSIVE)
                  + report.with_outcome(Outcome.TEMPFAIL))
     if undecided:
@@ -128,8 +129,11 @@ def long_output(report: TargetReport, state, level: int) -> list[str]:
                  if result.outcome in (Outcome.INCONCLUSIVE, Outcome.TEMPFAIL)]
     if undecided and state != nagiosplugin.Ok:
         out.append("Undecided attempts:")
-        out.extend(f"  {result.attempt.test.id}: {result.reason}: "
-                   f"{_reply(result)}" for result in undecided)
+        groups: dict[tuple[str, str], list[AttemptResult]] = {}
+        for result in undecided:
+            groups.setdefault((result.reason, _reply(result)), []).append(result)
+        out.extend(f"  {reason}: {reply}: {_ids(members, limit=len(members))}"
+                   for (reason, reply), members in groups.items())
     if state == nagiosplugin.Unknown and report.transcripts:
         out.append(f"Last dialogue with {report.target.address}:")
         out.extend(_format_lines(report.transcripts[-1].lines[-10:], timed=False))

@@ -50,8 +50,11 @@ class PluginRun:
 
 
 def run_plugin(*args: str, timeout: float = 60) -> PluginRun:
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    done = subprocess.run([*plugin_command(), *args], capture_output=True, text=True,
+    command = plugin_command()
+    env = dict(os.environ)
+    if command[0] == sys.executable:
+        env["PYTHONPATH"] = str(ROOT)
+    done = subprocess.run([*command, *args], capture_output=True, text=True,
                           timeout=timeout, env=env, stdin=subprocess.DEVNULL)
     return PluginRun(done.returncode, done.stdout, done.stderr)
 
