@@ -55,6 +55,7 @@ verbosity:
 
 example:
   check_open_relay -H mx.example.org --to relaytest@monitor.example.net
+  check_open_relay -D example.org --to relaytest@monitor.example.net
 
 Exit codes: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN (also for --help, --version
 and bad arguments, as the Monitoring Plugins guidelines ask)."""
@@ -93,8 +94,21 @@ def build_parser() -> argparse.ArgumentParser:
     add("-V", "--version", action="version", version=f"check_open_relay {__version__}")
     add("-v", "--verbose", action="count", default=0,
         help="more output; repeat up to three times (see below)")
-    add("-H", "--hostname", required=True, metavar="HOST",
-        help="mail server to test: host name, IPv4 or IPv6 address")
+    add("-H", "--hostname", action="append", default=[], metavar="HOST",
+        help="mail server to test: host name, IPv4 or IPv6 address; every address of "
+             "a name is tested (repeatable)")
+    add("-D", "--domain", action="append", default=[], metavar="DOMAIN",
+        help="mail domain to test: every MX host, every address (RFC 5321 section 5.1; "
+             "no MX means the domain itself, a null MX means nothing to test); "
+             "repeatable, may be combined with -H")
+    add("--resolver", action="append", default=[], metavar="ADDRESS[:PORT]",
+        help="DNS server to ask instead of the system's, e.g. 192.0.2.53 or "
+             "[2001:db8::53]:5353 (repeatable); -H names then resolve there too")
+    add("--max-targets", type=int, default=16, metavar="N",
+        help="test at most N addresses; the rest are reported as not tested "
+             "(default: %(default)s)")
+    add("--parallel", type=int, default=8, metavar="N",
+        help="test up to N addresses at the same time (default: %(default)s)")
     add("-p", "--port", type=int, default=25, help="SMTP port (default: %(default)s)")
     add("-t", "--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
         help="deadline for the whole check; a partial result is reported when it "
@@ -138,7 +152,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def parse(argv: list[str] | None = None) -> Settings:
     args = build_parser().parse_args(argv)
-    for option, value in (("--hostname", args.hostname), ("--to", args.to),
+    if not args.hostname and not args.domain:
+        raise UsageError("give a mail server (-H HOST) or a mail domain (-D DOMAIN)")
+    arguments = [("--hostname", host) for host in args.hostname]
+    arguments += [("--domain", domain) for domain in args.domain]
+    arguments += [("--resolver", resolver) for resolver in args.resolver]
+    for option, value in (*arguments, ("--to", args.to),
                           ("--from", args.sender), ("--helo", args.helo),
                           ("--target-domain", args.target_domain), ("--tests", args.tests),
                           ("--foreign-literal", args.foreign_literal),
@@ -149,16 +168,22 @@ def parse(argv: list[str] | None = None) -> Settings:
         raise UsageError(f"--port {args.port} is not a port number (1-65535)")
     if not (0 < args.timeout <= 3600) or math.isnan(args.timeout):
         raise UsageError(f"--timeout {args.timeout:g} must be more than 0 and at most 3600")
-    if ip_version(args.hostname) is None and not _HOSTNAME.match(args.hostname):
-        raise UsageError(f"--hostname {args.hostname!r} is neither a host name nor an address")
+    for option, low, high in (("--max-targets", 1, 256), ("--parallel", 1, 64)):
+        value = getattr(args, option[2:].replace("-", "_"))
+        if not low <= value <= high:
+            raise UsageError(f"{option} {value} must be from {low} to {high}")
+    for host in args.hostname:
+        if ip_version(host) is None and not _HOSTNAME.match(host):
+            raise UsageError(f"--hostname {host!r} is neither a host name nor an address")
+    for domain in args.domain:
+        if not _DOMAIN.match(domain):
+            raise UsageError(f"--domain {domain!r} is not a domain name")
+    resolvers = tuple(_resolver(text) for text in args.resolver)
     recipient = _mailbox("--to", args.to)
-    if ip_version(args.hostname) is None:
-        host = args.hostname.rstrip(".").lower()
-        domain = (args.target_domain or derive_domain(host)).rstrip(".").lower()
-        if delivered_locally(recipient, host, domain):
-            raise UsageError(local_recipient_message(recipient))
-    elif delivered_locally(recipient, "", "", address_literal(args.hostname)):
-        raise UsageError(local_recipient_message(recipient))
+    for host in args.hostname:
+        _refuse_local_recipient(recipient, host, args.target_domain)
+    for domain in args.domain:
+        _refuse_local_recipient(recipient, domain, args.target_domain or domain)
     sender = _mailbox("--from", args.sender) if args.sender else recipient
     helo = args.helo or _default_helo()
     if not (_HOSTNAME.match(helo) or _is_literal(helo)):
@@ -178,12 +203,39 @@ def parse(argv: list[str] | None = None) -> Settings:
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
     return Settings(
-        hostname=args.hostname, port=args.port, timeout=args.timeout, family=args.family,
+        hosts=tuple(args.hostname),
+        domains=tuple(domain.rstrip(".").lower() for domain in args.domain),
+        resolvers=resolvers, max_targets=args.max_targets, parallel=args.parallel,
+        port=args.port, timeout=args.timeout, family=args.family,
         helo=helo, sender=sender, recipient=recipient,
         target_domain=args.target_domain.rstrip(".").lower() if args.target_domain else None,
         tests=tests, starttls=args.starttls, implicit_tls=args.ssl,
         tls_verify=args.tls_verify, foreign_literal=address_literal(args.foreign_literal),
         verbose=min(args.verbose, 3), warning=args.warning, critical=args.critical)
+
+
+def _refuse_local_recipient(recipient: str, host: str, target_domain: str | None) -> None:
+    if ip_version(host) is None:
+        name = host.rstrip(".").lower()
+        domain = (target_domain or derive_domain(name)).rstrip(".").lower()
+        local = delivered_locally(recipient, name, domain)
+    else:
+        local = delivered_locally(recipient, "", "", address_literal(host))
+    if local:
+        raise UsageError(local_recipient_message(recipient))
+
+
+def _resolver(text: str) -> tuple[str, int]:
+    """ADDRESS, ADDRESS:PORT or [IPv6]:PORT → (address, port)."""
+    address, port = text, "53"
+    if text.startswith("[") and "]" in text:
+        address, _, rest = text[1:].partition("]")
+        port = rest.removeprefix(":") or "53"
+    elif text.count(":") == 1:
+        address, port = text.split(":")
+    if ip_version(address) is None or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise UsageError(f"--resolver {text!r} is not ADDRESS[:PORT] with an IP address")
+    return address, int(port)
 
 
 def _mailbox(option: str, value: str) -> str:
@@ -225,12 +277,14 @@ def run(settings: Settings, start: float) -> None:
     from .verdict import CountContext, RelayContext, RelaySummary
 
     deadline = Deadline(max(settings.timeout - RESERVE, 0.1), start)
+    one_domain = len(settings.domains) == 1 and not settings.hosts
+    prefix = f"{settings.domains[0]}: " if one_domain else ""
     check = nagiosplugin.Check(
         RelayProbe(settings, deadline),
-        RelayContext(settings.timeout),
+        RelayContext(settings.timeout, prefix),
         nagiosplugin.ScalarContext("time", settings.warning, settings.critical),
         CountContext(),
-        RelaySummary(settings.verbose),
+        RelaySummary(settings.verbose, settings.timeout),
     )
     check.name = PLUGIN_NAME
     # Long output carries the evidence even at the default verbosity, so the

@@ -6,6 +6,7 @@ It only measures.  What the measurements mean is for verdict.py.
 from __future__ import annotations
 
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import nagiosplugin
@@ -25,11 +26,12 @@ from .settings import Settings
 from .targets import (
     Target,
     TargetError,
+    TargetPlan,
     delivered_locally,
     derive_domain,
     ip_version,
     local_recipient_message,
-    resolve_host,
+    plan_targets,
 )
 
 # Postfix slows a client down after 10 errors on one connection (smtpd_soft_error_limit)
@@ -72,34 +74,64 @@ class TargetReport:
         return [result for result in self.results if result.outcome is outcome]
 
 
-class TestAborted(Exception):
-    """The rest of the battery cannot run (deadline, hostile server)."""
-
-
 class RelayProbe(nagiosplugin.Resource):
-    """Tries every relay test of the battery on one mail server."""
+    """Tries the relay battery on every address of the hosts and domains asked for."""
 
     def __init__(self, settings: Settings, deadline: Deadline) -> None:
         self.settings = settings
         self.deadline = deadline
-        self.report: TargetReport | None = None
+        self.plan = TargetPlan()
+        self.reports: list[TargetReport] = []
 
     def probe(self):
         settings = self.settings
         try:
-            target = resolve_host(settings.hostname, settings.port, settings.family)[0]
+            self.plan = plan_targets(list(settings.hosts), list(settings.domains),
+                                     settings.port, settings.family, list(settings.resolvers),
+                                     settings.max_targets, self.deadline.remaining)
         except TargetError as exc:
             raise nagiosplugin.CheckError(str(exc)) from exc
-        self.report = BatteryRun(settings, target, self.deadline).run()
-        report = self.report
-        total = len(settings.tests)
-        yield nagiosplugin.Metric("relay", len(report.with_outcome(Outcome.ACCEPTED)),
-                                  context="relay")
-        yield nagiosplugin.Metric("time", round(report.elapsed, 3), uom="s", min=0,
+        targets = self.plan.targets
+        if not targets and not self.plan.null_mx:
+            raise nagiosplugin.CheckError("; ".join(p.reason for p in self.plan.problems))
+        self.reports = self._run(targets)
+        tests = len(settings.tests)
+        total = tests * len(self.reports)
+        yield nagiosplugin.Metric("relay", self._count(Outcome.ACCEPTED), context="relay")
+        yield nagiosplugin.Metric("time", round(self.deadline.elapsed(), 3), uom="s", min=0,
                                   context="time")
         for outcome in Outcome:
-            yield nagiosplugin.Metric(outcome.value, len(report.with_outcome(outcome)),
-                                      min=0, max=total, context="count")
+            yield nagiosplugin.Metric(outcome.value, self._count(outcome), min=0, max=total,
+                                      context="count")
+        if len(self.reports) > 1 or settings.domains:
+            for report, label in zip(self.reports, perf_labels(targets), strict=True):
+                yield nagiosplugin.Metric(f"{label}_accepted",
+                                          len(report.with_outcome(Outcome.ACCEPTED)),
+                                          min=0, max=tests, context="count")
+                yield nagiosplugin.Metric(f"{label}_time", round(report.elapsed, 3), uom="s",
+                                          min=0, context="count")
+
+    def _run(self, targets: list[Target]) -> list[TargetReport]:
+        def run_one(target: Target) -> TargetReport:
+            return BatteryRun(self.settings, target, self.deadline).run()
+
+        if len(targets) <= 1:
+            return [run_one(target) for target in targets]
+        # Threads, not processes: the work is waiting on sockets, and every run
+        # obeys the same absolute deadline.
+        with ThreadPoolExecutor(max_workers=min(self.settings.parallel, len(targets))) as pool:
+            return list(pool.map(run_one, targets))
+
+    def _count(self, outcome: Outcome) -> int:
+        return sum(len(report.with_outcome(outcome)) for report in self.reports)
+
+
+def perf_labels(targets: list[Target]) -> list[str]:
+    """Perfdata label stems: the host name, plus the address where a name has several."""
+    names = [target.name for target in targets]
+    return [target.name if names.count(target.name) == 1
+            else f"{target.name}_{target.address.replace(':', '_')}"
+            for target in targets]
 
 
 class BatteryRun:
@@ -234,11 +266,11 @@ class BatteryRun:
     def _envelope(self) -> Envelope:
         settings = self.settings
         literal = address_literal(self.target.address)
-        if ip_version(settings.hostname) is None:
-            host = settings.hostname.rstrip(".").lower()
+        if ip_version(self.target.name) is None:
+            host = self.target.name.rstrip(".").lower()
         else:
             host = self.report.server_name or literal
-        domain = settings.target_domain or derive_domain(host)
+        domain = settings.target_domain or self.target.domain or derive_domain(host)
         envelope = Envelope(settings.sender, settings.recipient, host, domain, literal,
                             settings.foreign_literal)
         if delivered_locally(settings.recipient, host, domain, literal):
@@ -259,7 +291,7 @@ class BatteryRun:
         return self.tls_context
 
     def _tls_name(self) -> str | None:
-        name = self.settings.hostname
+        name = self.target.name
         return None if ip_version(name) is not None else name
 
 

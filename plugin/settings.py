@@ -9,7 +9,11 @@ from .battery import RelayTest
 
 @dataclass(frozen=True)
 class Settings:
-    hostname: str
+    hosts: tuple[str, ...]       # -H: host names or addresses
+    domains: tuple[str, ...]     # -D: mail domains, every MX host tested
+    resolvers: tuple[tuple[str, int], ...]
+    max_targets: int
+    parallel: int
     port: int
     timeout: float
     family: int | None           # 4, 6 or None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 class TargetError(Exception):
@@ -13,13 +13,31 @@ class TargetError(Exception):
 
 @dataclass(frozen=True)
 class Target:
-    name: str        # as the user gave it: a host name or an address
+    name: str        # as the user gave it, or the MX host name: a host name or an address
     address: str     # the address connected to
     port: int
+    domain: str | None = None    # the mail domain this target serves, for -D
 
     @property
     def label(self) -> str:
         return self.address if self.name == self.address else f"{self.name} [{self.address}]"
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A name that could not be turned into something to test."""
+
+    name: str
+    reason: str
+    fatal: bool       # True: nothing of that name could be tested (UNKNOWN), else WARNING
+
+
+@dataclass
+class TargetPlan:
+    targets: list[Target] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+    null_mx: list[str] = field(default_factory=list)     # domains that accept no mail
+    skipped: int = 0                                       # over --max-targets
 
 
 def ip_version(text: str) -> int | None:
@@ -29,7 +47,7 @@ def ip_version(text: str) -> int | None:
         return None
 
 
-def resolve_host(name: str, port: int, family: int | None) -> list[Target]:
+def resolve_host_system(name: str, port: int, family: int | None) -> list[Target]:
     """Addresses of -H, in the system resolver's order (honours /etc/hosts, like check_smtp).
 
     `family` is 4, 6 or None for either.
@@ -46,8 +64,7 @@ def resolve_host(name: str, port: int, family: int | None) -> list[Target]:
         raise TargetError(f"cannot resolve {name}: {exc.strerror}") from exc
     addresses = list(dict.fromkeys(info[4][0] for info in infos))
     if not addresses:
-        kind = f"IPv{family} " if family else ""
-        raise TargetError(f"{name} has no {kind}address")
+        raise TargetError(f"{name} has no {_kind(family)}address")
     return [Target(name, address, port) for address in addresses]
 
 
@@ -85,3 +102,124 @@ def _literal_address(text: str) -> str | None:
         return str(ipaddress.ip_address(inner))
     except ValueError:
         return None
+
+
+class DomainResolver:
+    """MX and address look-ups with dnspython, each bounded by the check's deadline.
+
+    Follows RFC 5321 section 5.1: MX hosts by preference, every address of each;
+    no MX records means the domain itself is the mail host (implicit MX); a null MX
+    (RFC 7505) means the domain accepts no mail at all.
+    """
+
+    def __init__(self, servers: list[tuple[str, int]], remaining) -> None:
+        import dns.nameserver
+        import dns.resolver
+
+        self._dns = dns
+        try:
+            self.resolver = dns.resolver.Resolver(configure=not servers)
+        except dns.resolver.NoResolverConfiguration as exc:
+            raise TargetError("no DNS resolver configured (see --resolver)") from exc
+        if servers:
+            self.resolver.nameservers = [dns.nameserver.Do53Nameserver(address, port)
+                                         for address, port in servers]
+        self.remaining = remaining
+
+    def _query(self, name: str, rdtype: str):
+        """The answer's records; None when the name exists without such records."""
+        dns = self._dns
+        lifetime = self.remaining()
+        if lifetime <= 0:
+            raise TargetError(f"{name}: no DNS answer before the deadline")
+        try:
+            return list(self.resolver.resolve(name, rdtype, lifetime=lifetime, search=False))
+        except dns.resolver.NoAnswer:
+            return None
+        except dns.resolver.NXDOMAIN as exc:
+            raise TargetError(f"{name}: no such domain (NXDOMAIN)") from exc
+        except dns.resolver.LifetimeTimeout as exc:
+            raise TargetError(f"{name}: DNS timeout looking up {rdtype}") from exc
+        except dns.resolver.NoNameservers as exc:
+            raise TargetError(f"{name}: DNS failure looking up {rdtype} (SERVFAIL)") from exc
+        except dns.exception.DNSException as exc:
+            raise TargetError(f"{name}: DNS error looking up {rdtype}: {exc}") from exc
+
+    def addresses(self, name: str, family: int | None) -> list[str]:
+        found: list[str] = []
+        for version, rdtype in ((4, "A"), (6, "AAAA")):
+            if family in (None, version):
+                found.extend(record.address for record in self._query(name, rdtype) or ())
+        return found
+
+    def mail_hosts(self, domain: str) -> list[str] | None:
+        """MX host names by preference; [domain] for an implicit MX; None for a null MX."""
+        records = self._query(domain, "MX")
+        if records is None:
+            return [domain]
+        if len(records) == 1 and records[0].exchange.to_text() == ".":
+            return None
+        records.sort(key=lambda record: record.preference)
+        return list(dict.fromkeys(record.exchange.to_text().rstrip(".").lower()
+                                  for record in records))
+
+
+def plan_targets(hosts: list[str], domains: list[str], port: int, family: int | None,
+                 servers: list[tuple[str, int]], max_targets: int, remaining) -> TargetPlan:
+    """Every address to test, in order, with the names that failed and why."""
+    plan = TargetPlan()
+    resolver = DomainResolver(servers, remaining) if domains or servers else None
+    for host in hosts:
+        try:
+            if ip_version(host) is not None or resolver is None:
+                plan.targets.extend(resolve_host_system(host, port, family))
+            else:
+                addresses = resolver.addresses(host.rstrip("."), family)
+                if not addresses:
+                    raise TargetError(f"{host} has no {_kind(family)}address")
+                plan.targets.extend(Target(host, address, port) for address in addresses)
+        except TargetError as exc:
+            plan.problems.append(Problem(host, str(exc), fatal=True))
+    for domain in domains:
+        _plan_domain(plan, resolver, domain, port, family)
+    unique = list(dict.fromkeys(plan.targets))
+    seen: set[tuple[str, int]] = set()
+    plan.targets = []
+    for target in unique:
+        if (target.address, target.port) not in seen:
+            seen.add((target.address, target.port))
+            plan.targets.append(target)
+    plan.skipped = max(0, len(plan.targets) - max_targets)
+    del plan.targets[max_targets:]
+    return plan
+
+
+def _plan_domain(plan: TargetPlan, resolver: DomainResolver, domain: str, port: int,
+                 family: int | None) -> None:
+    try:
+        hosts = resolver.mail_hosts(domain)
+    except TargetError as exc:
+        plan.problems.append(Problem(domain, str(exc), fatal=True))
+        return
+    if hosts is None:
+        plan.null_mx.append(domain)
+        return
+    found = False
+    for host in hosts:
+        try:
+            addresses = resolver.addresses(host, family)
+        except TargetError as exc:
+            plan.problems.append(Problem(host, str(exc), fatal=False))
+            continue
+        if not addresses:
+            plan.problems.append(Problem(host, f"MX host {host} of {domain} has no "
+                                               f"{_kind(family)}address", fatal=False))
+        found = found or bool(addresses)
+        plan.targets.extend(Target(host, address, port, domain) for address in addresses)
+    if not found:
+        plan.problems.append(Problem(domain, f"no mail host of {domain} has an address",
+                                     fatal=True))
+
+
+def _kind(family: int | None) -> str:
+    return f"IPv{family} " if family else ""

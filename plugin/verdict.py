@@ -16,6 +16,7 @@ from .classify import Outcome
 from .probe import AttemptResult, TargetReport, describe_failure
 from .reply import printable
 from .session import TranscriptLine
+from .targets import TargetPlan
 
 # Nagios keeps 8 KB of plugin output: full dialogues for the first few accepted
 # attempts, one line each for the rest.
@@ -68,15 +69,65 @@ def _ids(results: list[AttemptResult], limit: int = 6) -> str:
     return ", ".join(ids[:limit]) + (f" and {len(ids) - limit} more" if len(ids) > limit else "")
 
 
+# How bad a state is for on-call: an accepted relay outranks a target we could not test.
+SEVERITY = (nagiosplugin.Ok, nagiosplugin.Warn, nagiosplugin.Unknown, nagiosplugin.Critical)
+
+
+@dataclass(frozen=True)
+class TargetVerdict:
+    label: str
+    verdict: Verdict
+    report: TargetReport | None = None
+
+
+def judge_targets(plan: TargetPlan, reports: list[TargetReport],
+                  seconds: float) -> list[TargetVerdict]:
+    """A verdict per tested address and per name that could not be tested, worst first."""
+    verdicts = [TargetVerdict(report.target.label, judge_report(report, seconds), report)
+                for report in reports]
+    verdicts += [TargetVerdict(problem.name, Verdict(
+        nagiosplugin.Unknown if problem.fatal else nagiosplugin.Warn, problem.reason))
+        for problem in plan.problems]
+    verdicts += [TargetVerdict(domain, Verdict(
+        nagiosplugin.Ok, f"{domain} publishes a null MX: it accepts no mail, nothing to test"))
+        for domain in plan.null_mx]
+    if plan.skipped:
+        verdicts.append(TargetVerdict("--max-targets", Verdict(
+            nagiosplugin.Warn, f"{plan.skipped} more addresses not tested (--max-targets)")))
+    return sorted(verdicts, key=lambda item: -SEVERITY.index(item.verdict.state))
+
+
+def overall(verdicts: list[TargetVerdict], prefix: str) -> Verdict:
+    """One state and one status line for every target: leaking hosts first."""
+    if len(verdicts) == 1:
+        return Verdict(verdicts[0].verdict.state, prefix + verdicts[0].verdict.summary)
+    state = verdicts[0].verdict.state
+    problems = [item.verdict.summary for item in verdicts if item.verdict.state != nagiosplugin.Ok]
+    fine = [item for item in verdicts if item.verdict.state == nagiosplugin.Ok]
+    if not problems:
+        tested = [item.label for item in fine if item.report is not None]
+        others = [item.verdict.summary for item in fine if item.report is None]
+        parts = ([f"{len(tested)} addresses refused every relay attempt "
+                  f"({', '.join(tested)})"] if tested else []) + others
+        return Verdict(state, prefix + "; ".join(parts))
+    if len(fine) > 3:
+        problems.append(f"{len(fine)} others OK")
+    elif fine:
+        problems.append(", ".join(f"{item.label} OK" for item in fine))
+    return Verdict(state, prefix + "; ".join(problems))
+
+
 class RelayContext(nagiosplugin.Context):
     """Decides the state from the whole report of the probe."""
 
-    def __init__(self, seconds: float) -> None:
+    def __init__(self, seconds: float, prefix: str = "") -> None:
         super().__init__("relay")
         self.seconds = seconds
+        self.prefix = prefix
 
     def evaluate(self, metric, resource):
-        verdict = judge_report(resource.report, self.seconds)
+        verdicts = judge_targets(resource.plan, resource.reports, self.seconds)
+        verdict = overall(verdicts, self.prefix)
         return self.result_cls(verdict.state, verdict.summary, metric)
 
 
@@ -91,8 +142,9 @@ class CountContext(nagiosplugin.ScalarContext):
 
 
 class RelaySummary(nagiosplugin.Summary):
-    def __init__(self, verbose: int) -> None:
+    def __init__(self, verbose: int, seconds: float) -> None:
         self.verbose_level = verbose
+        self.seconds = seconds
 
     def ok(self, results):
         return results["relay"].hint
@@ -110,8 +162,21 @@ class RelaySummary(nagiosplugin.Summary):
     def verbose(self, results):
         if "relay" not in results:
             return []
-        report: TargetReport = results["relay"].resource.report
-        return long_output(report, results["relay"].state, self.verbose_level)
+        probe = results["relay"].resource
+        verdicts = judge_targets(probe.plan, probe.reports, self.seconds)
+        if len(verdicts) == 1 and verdicts[0].report is not None:
+            return long_output(verdicts[0].report, verdicts[0].verdict.state,
+                               self.verbose_level)
+        out: list[str] = []
+        for item in verdicts:
+            state = item.verdict.state
+            heading = f"[{str(state).upper()}] {item.verdict.summary}"
+            details = [] if item.report is None else long_output(
+                item.report, state, self.verbose_level)
+            if details or state != nagiosplugin.Ok or item.report is None:
+                out.append(heading)
+                out.extend(f"  {line}" for line in details)
+        return out
 
 
 def long_output(report: TargetReport, state, level: int) -> list[str]:

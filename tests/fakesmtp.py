@@ -40,6 +40,7 @@ def accept_if(pattern: str) -> Rcpt:
 @dataclass
 class Behaviour:
     banner: str = "220 mx.fake.test ESMTP fake"
+    banner_delay: float = 0.0                # seconds of silence before the banner
     ehlo: list[str] | None = field(
         default_factory=lambda: ["mx.fake.test", "PIPELINING", "8BITMIME"])
     mail: Callable[[str], str] = lambda sender: "250 2.1.0 Ok"
@@ -99,6 +100,7 @@ class FakeSMTP:
             await writer.drain()
 
         try:
+            await asyncio.sleep(behaviour.banner_delay)
             await say(behaviour.banner)
             while True:
                 raw = await reader.readline()
