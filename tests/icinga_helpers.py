@@ -1,0 +1,337 @@
+"""Throwaway Icinga 2 and Nagios trees for validating and running the shipped config.
+
+Everything lives under one temporary directory: the daemons are pointed at it with
+-DConfiguration.* defines (Icinga 2) or a private nagios.cfg (Nagios), so nothing under
+/etc or /var is touched and no systemd is needed.
+"""
+
+from __future__ import annotations
+
+import base64
+import grp
+import json
+import os
+import pwd
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+CONF = ROOT / "icinga-conf"
+COMMAND_FILE = CONF / "zones.d" / "global-templates" / "open_relay-command.conf"
+SERVICES_FILE = CONF / "conf.d" / "open_relay-services.conf"
+NOTIFICATIONS_FILE = CONF / "conf.d" / "open_relay-notifications.conf"
+EXAMPLES = CONF / "examples"
+NAGIOS_DIR = CONF / "nagios"
+
+# The distribution's own configuration, as the package installs it: the shipped files
+# must work when dropped into exactly this.
+STOCK_ICINGA = Path("/etc/icinga2")
+STOCK_NAGIOS_OBJECTS = Path("/etc/nagios4/objects")
+STOCK_NAGIOS_PLUGIN_COMMANDS = Path("/etc/nagios-plugins/config")
+PLUGIN_DIR = "/usr/lib/nagios/plugins"
+
+
+def run_as() -> dict[str, str]:
+    """Environment that makes icinga2 keep the current user instead of switching to nagios."""
+    user = pwd.getpwuid(os.getuid()).pw_name
+    group = grp.getgrgid(os.getgid()).gr_name
+    return dict(os.environ, ICINGA2_USER=user, ICINGA2_GROUP=group)
+
+
+def directory_defines(base: Path, config_dir: Path) -> list[str]:
+    """-D options that move every directory Icinga 2 reads or writes under base."""
+    dirs = {
+        "ConfigDir": config_dir,
+        # ZonesDir is derived from ConfigDir before defines are applied.
+        "ZonesDir": config_dir / "zones.d",
+        "DataDir": base / "data",
+        "CacheDir": base / "cache",
+        "LogDir": base / "log",
+        "SpoolDir": base / "spool",
+        "RunDir": base / "run",
+        "InitRunDir": base / "run",
+        "PidPath": base / "run" / "icinga2.pid",
+        "ModAttrPath": base / "data" / "modified-attributes.conf",
+    }
+    for name in ("DataDir", "CacheDir", "LogDir", "SpoolDir", "RunDir"):
+        dirs[name].mkdir(parents=True, exist_ok=True)
+    return [f"-DConfiguration.{name}={path}" for name, path in dirs.items()]
+
+
+def icinga2(args: list[str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["icinga2", *args], capture_output=True, text=True, timeout=timeout,
+                          env=run_as(), stdin=subprocess.DEVNULL)
+
+
+# --- offline validation ------------------------------------------------------------
+
+def stock_tree(dest: Path) -> Path:
+    """A copy of the packaged /etc/icinga2, without enabled features.
+
+    Features are left out because they are the local admin's business and the api
+    feature needs certificates that a validation tree has no use for.
+    """
+    shutil.copytree(STOCK_ICINGA, dest, symlinks=True,
+                    ignore=shutil.ignore_patterns("features-enabled", "pki"))
+    (dest / "features-enabled").mkdir()
+    return dest
+
+
+def standalone_tree(dest: Path) -> Path:
+    """Shipped files where docs/icinga.md puts them on a single node."""
+    tree = stock_tree(dest)
+    templates = tree / "zones.d" / "global-templates"
+    templates.mkdir(parents=True, exist_ok=True)
+    shutil.copy(COMMAND_FILE, templates)
+    for source in (SERVICES_FILE, NOTIFICATIONS_FILE, EXAMPLES / "open_relay-hosts.conf"):
+        shutil.copy(source, tree / "conf.d")
+    return tree
+
+
+def distributed_tree(dest: Path) -> Path:
+    """Shipped files where docs/icinga.md puts them on a config master with a satellite."""
+    tree = stock_tree(dest)
+    shutil.copy(EXAMPLES / "distributed" / "zones.conf", tree / "zones.conf")
+    templates = tree / "zones.d" / "global-templates"
+    master = tree / "zones.d" / "master"
+    templates.mkdir(parents=True, exist_ok=True)
+    master.mkdir(parents=True)
+    shutil.copy(COMMAND_FILE, templates)
+    for source in (SERVICES_FILE, NOTIFICATIONS_FILE,
+                   EXAMPLES / "distributed" / "open_relay-hosts.conf"):
+        shutil.copy(source, master)
+    return tree
+
+
+@dataclass
+class Validation:
+    returncode: int
+    output: str
+    base: Path
+
+    def objects(self, kind: str) -> str:
+        """`icinga2 object list` over what the validation dumped."""
+        done = icinga2(["object", "list", "--type", kind,
+                        f"-DConfiguration.CacheDir={self.base / 'cache'}"])
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done.stdout
+
+
+def validate_icinga(tree: Path, base: Path, *defines: str) -> Validation:
+    args = ["daemon", "--validate", "-c", str(tree / "icinga2.conf"),
+            *directory_defines(base, tree), *defines]
+    done = icinga2(args)
+    return Validation(done.returncode, done.stdout + done.stderr, base)
+
+
+def validate_nagios(base: Path, object_files: list[Path]) -> subprocess.CompletedProcess[str]:
+    """`nagios4 -v` over the stock objects plus object_files, with a private nagios.cfg."""
+    spool = base / "checkresults"
+    spool.mkdir(parents=True, exist_ok=True)
+    (base / "resource.cfg").write_text(f"$USER1$={PLUGIN_DIR}\n")
+    user = pwd.getpwuid(os.getuid()).pw_name
+    group = grp.getgrgid(os.getgid()).gr_name
+    lines = [
+        f"log_file={base / 'nagios.log'}",
+        f"cfg_dir={STOCK_NAGIOS_PLUGIN_COMMANDS}",
+        *(f"cfg_file={STOCK_NAGIOS_OBJECTS / name}"
+          for name in ("commands.cfg", "contacts.cfg", "timeperiods.cfg", "templates.cfg")),
+        *(f"cfg_file={path}" for path in object_files),
+        f"resource_file={base / 'resource.cfg'}",
+        f"check_result_path={spool}",
+        f"lock_file={base / 'nagios.pid'}",
+        f"temp_file={base / 'nagios.tmp'}",
+        f"status_file={base / 'status.dat'}",
+        f"object_cache_file={base / 'objects.cache'}",
+        f"precached_object_file={base / 'objects.precache'}",
+        # The pre-flight check tests that this user can write the spool directory.
+        f"nagios_user={user}",
+        f"nagios_group={group}",
+        "illegal_macro_output_chars=`~$&|'\"<>",
+    ]
+    config = base / "nagios.cfg"
+    config.write_text("\n".join(lines) + "\n")
+    return subprocess.run(["nagios4", "-v", str(config)], capture_output=True, text=True,
+                          timeout=60, stdin=subprocess.DEVNULL)
+
+
+# --- running daemons -----------------------------------------------------------------
+
+def free_port(host: str) -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def make_ca(base: Path) -> Path:
+    """A throwaway Icinga CA; returns the DataDir whose ca/ holds it."""
+    data = base / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    done = icinga2(["pki", "new-ca", f"-DConfiguration.DataDir={data}"])
+    assert done.returncode == 0, done.stdout + done.stderr
+    return data
+
+
+def issue_cert(ca_data: Path, name: str, certs: Path) -> None:
+    """Key and CA-signed certificate for endpoint name, where an ApiListener looks for them."""
+    certs.mkdir(parents=True, exist_ok=True)
+    key, csr, crt = (certs / f"{name}.{ext}" for ext in ("key", "csr", "crt"))
+    for args in (["pki", "new-cert", "--cn", name, "--key", str(key), "--csr", str(csr)],
+                 ["pki", "sign-csr", f"-DConfiguration.DataDir={ca_data}", "--csr", str(csr),
+                  "--cert", str(crt)]):
+        done = icinga2(args)
+        assert done.returncode == 0, done.stdout + done.stderr
+    shutil.copy(ca_data / "ca" / "ca.crt", certs / "ca.crt")
+
+
+def write_plugin_wrapper(directory: Path, argv_log: Path) -> Path:
+    """check_open_relay that runs this checkout with this interpreter and logs its argv.
+
+    The argv log lets the tests see exactly which options the CheckCommand produced.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    wrapper = directory / "check_open_relay"
+    wrapper.write_text(
+        f"#!{sys.executable}\n"
+        "import json, sys\n"
+        f"with open({str(argv_log)!r}, 'a') as log:\n"
+        "    log.write(json.dumps(sys.argv[1:]) + '\\n')\n"
+        f"sys.path.insert(0, {str(ROOT)!r})\n"
+        "sys.argv[0] = 'check_open_relay'\n"
+        "from plugin.cli import main\n"
+        "main()\n")
+    wrapper.chmod(0o755)
+    return wrapper
+
+
+def logged_argvs(argv_log: Path) -> list[list[str]]:
+    if not argv_log.exists():
+        return []
+    return [json.loads(line) for line in argv_log.read_text().splitlines() if line]
+
+
+@dataclass
+class IcingaNode:
+    """One Icinga 2 daemon in the foreground, with its own tree under base."""
+
+    name: str
+    base: Path
+    api_host: str
+    api_port: int
+    password: str = "e2e-secret"
+    proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    @property
+    def etc(self) -> Path:
+        return self.base / "etc"
+
+    @property
+    def console_log(self) -> Path:
+        return self.base / "console.log"
+
+    @property
+    def url(self) -> str:
+        return f"https://{self.api_host}:{self.api_port}"
+
+    def start(self) -> None:
+        args = ["icinga2", "daemon", "-c", str(self.etc / "icinga2.conf"),
+                *directory_defines(self.base, self.etc)]
+        with self.console_log.open("ab") as log:
+            # A session of its own, so stop() can end the umbrella process, the worker it
+            # forks and any running plugin together.
+            self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL, env=run_as(),
+                                         start_new_session=True)
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        try:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=5)
+        except ProcessLookupError:
+            pass
+
+    def log_tail(self, lines: int = 40) -> str:
+        if not self.console_log.exists():
+            return ""
+        return "\n".join(self.console_log.read_text(errors="replace").splitlines()[-lines:])
+
+    def api(self, method: str, path: str, body: dict[str, Any] | None = None,
+            timeout: float = 10) -> dict[str, Any]:
+        context = ssl.create_default_context()
+        # The throwaway CA is nobody's trust anchor; the test only needs the channel.
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        token = base64.b64encode(f"e2e:{self.password}".encode()).decode()
+        request = urllib.request.Request(
+            self.url + path, method=method,
+            data=json.dumps(body).encode() if body is not None else None,
+            headers={"Accept": "application/json", "Authorization": f"Basic {token}",
+                     "Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=timeout, context=context) as response:
+            return json.load(response)
+
+    def wait_until(self, what: str, probe: Callable[[], Any], timeout: float) -> Any:
+        """Poll probe until it returns something truthy; fail with the daemon's log."""
+        deadline = time.monotonic() + timeout
+        last_error: Exception | None = None
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise AssertionError(f"icinga2 {self.name} exited with {self.proc.returncode}:\n"
+                                     + self.log_tail())
+            try:
+                result = probe()
+            except (urllib.error.URLError, OSError, KeyError, IndexError) as exc:
+                last_error = exc
+                result = None
+            if result:
+                return result
+            time.sleep(0.2)
+        raise AssertionError(f"timed out after {timeout}s waiting for {what} "
+                             f"(last error: {last_error}):\n{self.log_tail()}")
+
+    def wait_for_api(self, timeout: float = 30) -> None:
+        self.wait_until("the API", lambda: self.api("GET", "/v1/status/IcingaApplication"),
+                        timeout)
+
+    def service(self, full_name: str) -> dict[str, Any]:
+        reply = self.api("GET", "/v1/objects/services/" + urllib.request.quote(full_name))
+        return reply["results"][0]["attrs"]
+
+    def check_now(self, full_name: str) -> float:
+        """Force a check through the REST API; returns the time it was asked for."""
+        host, service = full_name.split("!", 1)
+        asked = time.time()
+        reply = self.api("POST", "/v1/actions/reschedule-check", {
+            "type": "Service",
+            "filter": "host.name == h && service.name == s",
+            "filter_vars": {"h": host, "s": service},
+            "force": True,
+        })
+        assert reply["results"] and reply["results"][0]["code"] == 200, reply
+        return asked
+
+    def result_after(self, full_name: str, asked: float, timeout: float = 60) -> dict[str, Any]:
+        """The service attributes once a check result newer than asked has arrived."""
+        def fresh() -> dict[str, Any] | None:
+            attrs = self.service(full_name)
+            result = attrs.get("last_check_result")
+            if result and result["execution_start"] >= asked:
+                return attrs
+            return None
+        return self.wait_until(f"a check result for {full_name}", fresh, timeout)
