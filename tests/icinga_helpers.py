@@ -59,12 +59,11 @@ def directory_defines(base: Path, config_dir: Path) -> list[str]:
         "CacheDir": base / "cache",
         "LogDir": base / "log",
         "SpoolDir": base / "spool",
-        "RunDir": base / "run",
         "InitRunDir": base / "run",
         "PidPath": base / "run" / "icinga2.pid",
         "ModAttrPath": base / "data" / "modified-attributes.conf",
     }
-    for name in ("DataDir", "CacheDir", "LogDir", "SpoolDir", "RunDir"):
+    for name in ("DataDir", "CacheDir", "LogDir", "SpoolDir", "InitRunDir"):
         dirs[name].mkdir(parents=True, exist_ok=True)
     return [f"-DConfiguration.{name}={path}" for name, path in dirs.items()]
 
@@ -335,3 +334,60 @@ class IcingaNode:
                 return attrs
             return None
         return self.wait_until(f"a check result for {full_name}", fresh, timeout)
+
+
+def write_notification_recorder(path: Path, pages: Path) -> Path:
+    """A notification 'pager' that files each notification as JSON under pages."""
+    pages.mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        f"#!{sys.executable}\n"
+        "import json, os, time, uuid\n"
+        "keys = ('TYPE', 'SERVICE', 'STATE', 'OUTPUT', 'USER')\n"
+        # Named by time first, so that pages_sent() lists them in the order sent.
+        "name = f'{time.time_ns():020d}-{uuid.uuid4().hex}.json'\n"
+        f"target = os.path.join({str(pages)!r}, name)\n"
+        "with open(target, 'w') as page:\n"
+        "    json.dump({key: os.environ.get(key, '') for key in keys}, page)\n")
+    path.chmod(0o755)
+    return path
+
+
+def pages_sent(pages: Path) -> list[dict[str, str]]:
+    return [json.loads(path.read_text()) for path in sorted(pages.glob("*.json"))]
+
+
+def node_config(node: IcingaNode, *, zones: str, plugin_dir: Path, features: str,
+                api_extra: str = "") -> None:
+    """icinga2.conf, constants, zones and features of a node; conf.d/ and zones.d/ are
+    left to the caller."""
+    etc = node.etc
+    (etc / "conf.d").mkdir(parents=True, exist_ok=True)
+    (etc / "zones.d" / "global-templates").mkdir(parents=True, exist_ok=True)
+    (etc / "icinga2.conf").write_text(
+        'include "constants.conf"\n'
+        'include "zones.conf"\n'
+        "include <itl>\n"
+        "include <plugins>\n"
+        'include "features.conf"\n'
+        'include_recursive "conf.d"\n')
+    (etc / "constants.conf").write_text(
+        f'const PluginDir = "{PLUGIN_DIR}"\n'
+        f'const PluginContribDir = "{plugin_dir}"\n'
+        "const ManubulonPluginDir = PluginDir\n"
+        f'const NodeName = "{node.name}"\n'
+        'const TicketSalt = ""\n')
+    (etc / "zones.conf").write_text(zones)
+    (etc / "features.conf").write_text(
+        "object FileLogger \"main-log\" {\n"
+        "  severity = \"information\"\n"
+        "  path = LogDir + \"/icinga2.log\"\n"
+        "}\n"
+        "object ApiListener \"api\" {\n"
+        f"  bind_host = \"{node.api_host}\"\n"
+        f"  bind_port = {node.api_port}\n"
+        f"{api_extra}"
+        "}\n"
+        "object ApiUser \"e2e\" {\n"
+        f"  password = \"{node.password}\"\n"
+        "  permissions = [ \"*\" ]\n"
+        "}\n" + features)

@@ -12,9 +12,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-
-from plugin.cli import build_parser
-from tests.icinga_helpers import (
+from icinga_helpers import (
     COMMAND_FILE,
     NAGIOS_DIR,
     SERVICES_FILE,
@@ -23,6 +21,8 @@ from tests.icinga_helpers import (
     validate_icinga,
     validate_nagios,
 )
+
+from plugin.cli import build_parser
 
 pytestmark = pytest.mark.skipif(shutil.which("icinga2") is None or shutil.which("nagios4") is None,
                                 reason="icinga2 and nagios4 come from tests/apt-packages.txt")
