@@ -325,15 +325,18 @@ class IcingaNode:
         assert reply["results"] and reply["results"][0]["code"] == 200, reply
         return asked
 
+    def fresh_result(self, full_name: str, asked: float) -> dict[str, Any] | None:
+        """The service attributes if a check started at or after asked has reported."""
+        attrs = self.service(full_name)
+        result = attrs.get("last_check_result")
+        if result and result["execution_start"] >= asked:
+            return attrs
+        return None
+
     def result_after(self, full_name: str, asked: float, timeout: float = 60) -> dict[str, Any]:
         """The service attributes once a check result newer than asked has arrived."""
-        def fresh() -> dict[str, Any] | None:
-            attrs = self.service(full_name)
-            result = attrs.get("last_check_result")
-            if result and result["execution_start"] >= asked:
-                return attrs
-            return None
-        return self.wait_until(f"a check result for {full_name}", fresh, timeout)
+        return self.wait_until(f"a check result for {full_name}",
+                               lambda: self.fresh_result(full_name, asked), timeout)
 
 
 def write_notification_recorder(path: Path, pages: Path) -> Path:
@@ -361,8 +364,10 @@ def node_config(node: IcingaNode, *, zones: str, plugin_dir: Path, features: str
     """icinga2.conf, constants, zones and features of a node; conf.d/ and zones.d/ are
     left to the caller."""
     etc = node.etc
+    # No zones.d/global-templates here: a node that has that directory counts as the
+    # zone's config master and ignores what its parent syncs.
     (etc / "conf.d").mkdir(parents=True, exist_ok=True)
-    (etc / "zones.d" / "global-templates").mkdir(parents=True, exist_ok=True)
+    (etc / "zones.d").mkdir(parents=True, exist_ok=True)
     (etc / "icinga2.conf").write_text(
         'include "constants.conf"\n'
         'include "zones.conf"\n'

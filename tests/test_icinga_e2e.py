@@ -146,10 +146,16 @@ SERVICES = ("mx-closed!open-relay", "mx-open!open-relay", "mx-greylisting!open-r
 
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+def ca(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One throwaway CA for every node of this module (making one takes seconds)."""
+    return make_ca(tmp_path_factory.mktemp("icinga-ca"))
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory, ca: Path) -> Iterator[Site]:
     base = tmp_path_factory.mktemp("icinga-e2e")
     node = IcingaNode("icinga-e2e.test", base, API_HOST, free_port(API_HOST))
-    issue_cert(make_ca(base / "ca"), node.name, base / "data" / "certs")
+    issue_cert(ca, node.name, base / "data" / "certs")
     argv_log = base / "argv.jsonl"
     plugins = base / "plugins"
     write_plugin_wrapper(plugins, argv_log)
@@ -163,6 +169,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
                 features='object CheckerComponent "checker" { }\n'
                          'object NotificationComponent "notification" { }\n')
     # The shipped files, unchanged, where docs/icinga.md puts them on a single node.
+    (node.etc / "zones.d" / "global-templates").mkdir()
     shutil.copy(COMMAND_FILE, node.etc / "zones.d" / "global-templates")
     shutil.copy(SERVICES_FILE, node.etc / "conf.d")
     shutil.copy(NOTIFICATIONS_FILE, node.etc / "conf.d")
@@ -190,11 +197,15 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
                 server.stop()
 
 
-def argv_for(site: Site, option: str, value: str) -> list[str]:
-    matching = [argv for argv in logged_argvs(site.argv_log)
-                if (option, value) in itertools.pairwise(argv)]
-    assert matching, logged_argvs(site.argv_log)
+def argv_for_log(log: Path, option: str, value: str) -> list[str]:
+    """The last argv the plugin was started with that has option set to value."""
+    matching = [argv for argv in logged_argvs(log) if (option, value) in itertools.pairwise(argv)]
+    assert matching, logged_argvs(log)
     return matching[-1]
+
+
+def argv_for(site: Site, option: str, value: str) -> list[str]:
+    return argv_for_log(site.argv_log, option, value)
 
 
 def perfdata(items: list[str]) -> dict[str, str]:
@@ -328,3 +339,139 @@ def test_recovery_pages_and_a_new_relay_is_retested_first(site: Site) -> None:
     assert (second["state"], second["state_type"]) == (2, 1)
     node.wait_until("the second problem page", lambda: len(pages_for_service()) == 3, 30)
     assert pages_for_service()[-1]["TYPE"] == "PROBLEM"
+
+
+# --- a master and a satellite: the command_endpoint path of docs/icinga.md ------------
+
+SATELLITE_API = "127.0.3.2"
+CLUSTER_OPEN, CLUSTER_CLOSED = "127.0.3.20", "127.0.3.21"
+# Results the master writes itself while the satellite is not (yet) able to run the check.
+NOT_YET = re.compile(r"not connected|does not exist|Remote Icinga instance", re.I)
+
+
+@dataclass
+class Cluster:
+    master: IcingaNode
+    satellite: IcingaNode
+    satellite_argv_log: Path
+    master_argv_log: Path
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory, ca: Path) -> Iterator[Cluster]:
+    base = tmp_path_factory.mktemp("icinga-cluster")
+    master = IcingaNode("master.e2e.test", base / "master", API_HOST, free_port(API_HOST))
+    satellite = IcingaNode("probe.e2e.test", base / "probe", SATELLITE_API,
+                           free_port(SATELLITE_API))
+    for node in (master, satellite):
+        issue_cert(ca, node.name, node.base / "data" / "certs")
+
+    def zones(master_host: str) -> str:
+        return (f'object Endpoint "{master.name}" {{ {master_host} }}\n'
+                f'object Endpoint "{satellite.name}" {{ }}\n'
+                f'object Zone "master" {{ endpoints = [ "{master.name}" ] }}\n'
+                f'object Zone "mail-probe" {{ parent = "master"; '
+                f'endpoints = [ "{satellite.name}" ] }}\n'
+                'object Zone "global-templates" { global = true }\n')
+
+    # The master has no plugin at all: a result can only come from the satellite.
+    master_argv_log = base / "master-argv.jsonl"
+    (base / "master-plugins").mkdir()
+    node_config(master, zones=zones(""), plugin_dir=base / "master-plugins",
+                features='object CheckerComponent "checker" { }\n')
+    satellite_argv_log = base / "probe-argv.jsonl"
+    write_plugin_wrapper(base / "probe-plugins", satellite_argv_log)
+    # The satellite connects to the master, as an outside probe behind NAT would.
+    node_config(satellite, zones=zones(f'host = "{API_HOST}"; port = {master.api_port}'),
+                plugin_dir=base / "probe-plugins",
+                features='object CheckerComponent "checker" { }\n',
+                api_extra="  accept_config = true\n  accept_commands = true\n")
+
+    # Shipped files where docs/icinga.md puts them on a distributed config master; the
+    # satellite gets the CheckCommand only through the config sync of global-templates.
+    (master.etc / "zones.d" / "global-templates").mkdir()
+    shutil.copy(COMMAND_FILE, master.etc / "zones.d" / "global-templates")
+    master_zone = master.etc / "zones.d" / "master"
+    master_zone.mkdir()
+    shutil.copy(SERVICES_FILE, master_zone)
+    shutil.copy(NOTIFICATIONS_FILE, master_zone)
+    (master_zone / "e2e-hosts.conf").write_text("".join(f"""
+object Host "{name}" {{
+  check_command = "dummy"
+  address = "{address}"
+  vars.mail_server = true
+  vars.open_relay_to = "{RECIPIENT}"
+  vars.open_relay_endpoint = "{satellite.name}"
+}}
+""" for name, address in (("relay-far", CLUSTER_OPEN), ("closed-far", CLUSTER_CLOSED))))
+    (master.etc / "conf.d" / "stand-ins.conf").write_text(
+        stock_stand_ins(write_notification_recorder(base / "record-page", base / "pages")))
+
+    servers = [FakeSMTP(Behaviour(rcpt=open_relay), host=CLUSTER_OPEN, port=25),
+               FakeSMTP(Behaviour(), host=CLUSTER_CLOSED, port=25)]
+    started = []
+    try:
+        started = [server.__enter__() for server in servers]
+        # Master first, so the satellite's first connection attempt succeeds instead of
+        # waiting for the ten-second reconnect timer.
+        master.start()
+        master.wait_for_api(timeout=30)
+        satellite.start()
+        satellite.wait_for_api(timeout=30)
+        master.wait_until("the satellite to connect", lambda: master.api(
+            "GET", f"/v1/objects/endpoints/{satellite.name}")["results"][0]["attrs"]["connected"],
+            timeout=30)
+        # The satellite validates the synced zone and restarts itself to load it.
+        satellite.wait_until("the synced CheckCommand", lambda: satellite.api(
+            "GET", "/v1/objects/checkcommands/open_relay")["results"], timeout=60)
+        master.wait_until("the satellite to reconnect", lambda: master.api(
+            "GET", f"/v1/objects/endpoints/{satellite.name}")["results"][0]["attrs"]["connected"],
+            timeout=30)
+        yield Cluster(master, satellite, satellite_argv_log, master_argv_log)
+    finally:
+        satellite.stop()
+        master.stop()
+        for server in started:
+            server.stop()
+
+
+def remote_result(cluster: Cluster, service: str, timeout: float = 60) -> dict[str, Any]:
+    """Force checks on the master until one was really executed by the satellite.
+
+    A check forced while the satellite is (re)connecting either gets no result at all
+    (the master waits for the endpoint) or an UNKNOWN written by the master itself; both
+    only mean "ask again".
+    """
+    master = cluster.master
+
+    def executed() -> dict[str, Any] | None:
+        asked = master.check_now(service)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            attrs = master.fresh_result(service, asked)
+            if attrs:
+                return None if NOT_YET.search(attrs["last_check_result"]["output"]) else attrs
+            time.sleep(0.2)
+        return None
+    return master.wait_until(f"{service} run by the satellite", executed, timeout)
+
+
+def test_command_endpoint_runs_the_check_on_the_satellite(cluster: Cluster) -> None:
+    relay = remote_result(cluster, "relay-far!open-relay")
+    result = relay["last_check_result"]
+    assert relay["state"] == 2, result["output"]
+    assert result["check_source"] == cluster.satellite.name
+    assert f"C: RCPT TO:<{RECIPIENT}>" in result["output"]
+    argv = argv_for_log(cluster.satellite_argv_log, "--hostname", CLUSTER_OPEN)
+    assert argv[argv.index("--to") + 1] == RECIPIENT
+
+    closed = remote_result(cluster, "closed-far!open-relay")
+    assert closed["state"] == 0, closed["last_check_result"]["output"]
+    assert closed["last_check_result"]["check_source"] == cluster.satellite.name
+    assert not cluster.master_argv_log.exists()
+
+    # The CheckCommand reached the satellite by config sync, not by a local file.
+    synced = cluster.satellite.api("GET", "/v1/objects/checkcommands/open_relay")
+    assert synced["results"][0]["attrs"]["zone"] == "global-templates"
+    assert not (cluster.satellite.etc / "zones.d" / "global-templates" /
+                COMMAND_FILE.name).exists()
