@@ -18,6 +18,8 @@ from .session import (
     ConnectionLost,
     Deadline,
     DeadlineExpired,
+    Exchange,
+    NotSMTP,
     RelaySession,
     SessionError,
     Transcript,
@@ -156,6 +158,11 @@ class BatteryRun:
                 session = self._open(connection)
             except SessionError as exc:
                 self.report.failure = exc
+                # A hang-up (not a 421) may be a passing fault: try a fresh connection.
+                fruitless += 1
+                if (isinstance(exc, ConnectionLost) and exc.reply is None
+                        and fruitless < FRUITLESS_CONNECTIONS):
+                    continue
                 break
             if pending is None:
                 pending = deque(render(self.settings.tests, self._envelope()))
@@ -232,28 +239,37 @@ class BatteryRun:
         decided = errors = 0
         while pending and errors + 2 <= ERRORS_PER_CONNECTION:
             attempt = pending[0]
+            exchange = Exchange()
             try:
-                mail, rcpt, rset = session.transaction(attempt.mail_from, attempt.rcpt_to)
-            except ConnectionLost as exc:
-                tries[attempt.test.id] = tries.get(attempt.test.id, 0) + 1
-                if tries[attempt.test.id] >= TRIES_PER_TEST:
-                    pending.popleft()
-                    outcome = Outcome.TEMPFAIL if exc.reply else Outcome.UNTESTED
-                    self._record(attempt, outcome, exc.reason, connection)
-                    decided += 1
-                self.report.failure = exc
-                return decided
+                session.transaction(attempt.mail_from, attempt.rcpt_to, exchange)
             except SessionError as exc:
                 self.report.failure = exc
+                judgement = judge(exchange.mail, exchange.rcpt)
+                if judgement.outcome is not Outcome.UNTESTED:
+                    # The server had decided before the connection died (at RSET, say):
+                    # that answer stands, an accepted relay above all.
+                    pending.popleft()
+                    self._record(attempt, judgement.outcome, judgement.reason, connection,
+                                 exchange.mail, exchange.rcpt, judgement.reached_rcpt)
+                    return decided + 1
+                if isinstance(exc, ConnectionLost):
+                    tries[attempt.test.id] = tries.get(attempt.test.id, 0) + 1
+                    if tries[attempt.test.id] >= TRIES_PER_TEST:
+                        # Given up, not decided: a server that drops every test must
+                        # run out of fruitless connections, not get two per test.
+                        pending.popleft()
+                        outcome = Outcome.TEMPFAIL if exc.reply else Outcome.UNTESTED
+                        self._record(attempt, outcome, exc.reason, connection)
                 return decided
             pending.popleft()
-            judgement = judge(mail, rcpt)
+            judgement = judge(exchange.mail, exchange.rcpt)
             self._record(attempt, judgement.outcome, judgement.reason, connection,
-                         mail, rcpt, judgement.reached_rcpt)
+                         exchange.mail, exchange.rcpt, judgement.reached_rcpt)
             self.report.failure = None
             decided += 1
-            errors += sum(1 for reply in (mail, rcpt, rset) if reply and reply.code >= 400)
-            if rset.code != 250:
+            errors += sum(1 for reply in (exchange.mail, exchange.rcpt, exchange.rset)
+                          if reply and reply.code >= 400)
+            if exchange.rset is None or exchange.rset.code != 250:
                 break
         return decided
 
@@ -314,6 +330,9 @@ def describe_failure(failure: SessionError | None, target: Target, seconds: floa
         if failure.step == "TLS handshake":
             return f"TLS handshake with {target.address} unfinished after {seconds:g} s"
         return f"no {failure.step} from {target.address} within {seconds:g} s"
+    if isinstance(failure, NotSMTP):
+        where = "" if failure.step == "banner" else f" (at {failure.step})"
+        return f"not an SMTP server: {failure.reason}{where}"
     if failure.step in ("connect", "banner", "TLS handshake"):
         return f"{failure.step}: {failure.reason}"
     return f"{failure.reason} (at {failure.step})"

@@ -10,8 +10,9 @@ MAX_REPLY_LINES = 100        # a long EHLO reply has ~15; more is a hostile serv
 MAX_TEXT_CHARS = 200         # per line, when shown to people
 
 _REPLY_LINE = re.compile(rb"^([2-5][0-9][0-9])([ -]|$)")
+# What the first bytes of a reply line can be while the rest is still on its way.
+_REPLY_START = re.compile(rb"(?:[2-5](?:[0-9](?:[0-9][ \r\n-]?)?)?)?")
 _ENHANCED = re.compile(r"^([245])\.([0-9]{1,3})\.([0-9]{1,3})(?=\s|$)")
-_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f|]")
 
 
 class ReplyFormatError(ValueError):
@@ -50,9 +51,20 @@ def parse_line(raw: bytes) -> tuple[int, bool, str]:
     line = raw.rstrip(b"\r\n")
     match = _REPLY_LINE.match(line)
     if not match:
-        raise ReplyFormatError(f"not an SMTP reply line: {printable(_decode(line))!r}")
+        raise ReplyFormatError(f"no reply code in {printable(_decode(line))!r}")
     is_last = match.group(2) != b"-"
     return int(match.group(1)), is_last, _decode(line[4:]).strip()
+
+
+def check_start(partial: bytes) -> None:
+    """Raise ReplyFormatError as soon as the first bytes of a line rule out a reply line.
+
+    An SSH banner or binary noise shows at once that a server is not SMTP; waiting
+    for the end of its line could last until the deadline.
+    """
+    if not _REPLY_START.fullmatch(partial[:4]):
+        line = partial.split(b"\n", 1)[0].rstrip(b"\r")
+        raise ReplyFormatError(f"no reply code in {printable(_decode(line))!r}")
 
 
 def _decode(raw: bytes) -> str:
@@ -60,6 +72,12 @@ def _decode(raw: bytes) -> str:
 
 
 def printable(text: str, limit: int = MAX_TEXT_CHARS) -> str:
-    """Server text made safe for a status line: no control characters, no '|', bounded."""
-    cleaned = _UNPRINTABLE.sub("?", text)
-    return cleaned if len(cleaned) <= limit else cleaned[: limit - 3] + "..."
+    """Server text made safe for a status line: no control characters, no '|', bounded.
+
+    Beyond the C0 and C1 controls, Unicode line and paragraph separators break lines
+    for some readers and bidirectional overrides reorder what people see, so every
+    character Python does not call printable (except the space) becomes '?'.
+    """
+    if len(text) > limit:
+        text = text[: limit - 3] + "..."
+    return "".join(char if char.isprintable() and char != "|" else "?" for char in text)

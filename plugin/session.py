@@ -14,7 +14,14 @@ import socket
 import time
 from dataclasses import dataclass, field
 
-from .reply import MAX_LINE_BYTES, MAX_REPLY_LINES, Reply, ReplyFormatError, parse_line
+from .reply import (
+    MAX_LINE_BYTES,
+    MAX_REPLY_LINES,
+    Reply,
+    ReplyFormatError,
+    check_start,
+    parse_line,
+)
 
 
 class Deadline:
@@ -62,6 +69,15 @@ class TranscriptLine:
     offset: float        # seconds since the check started
     direction: str       # ">" client to server, "<" server to client, "*" a note
     text: str
+
+
+@dataclass
+class Exchange:
+    """The replies of one MAIL/RCPT/RSET transaction, each None until it has arrived."""
+
+    mail: Reply | None = None
+    rcpt: Reply | None = None
+    rset: Reply | None = None
 
 
 @dataclass
@@ -169,14 +185,21 @@ class RelaySession(smtplib.SMTP):
 
     def _read_line(self) -> bytes:
         while True:
+            try:
+                check_start(self._buffer)
+            except ReplyFormatError as exc:
+                said = bytes(self._buffer[:MAX_LINE_BYTES]).split(b"\n", 1)[0]
+                self._record("<", said.decode("utf-8", "replace").rstrip("\r"))
+                self.close()
+                raise NotSMTP(self.step, str(exc)) from exc
             end = self._buffer.find(b"\n")
+            if end > MAX_LINE_BYTES or (end < 0 and len(self._buffer) > MAX_LINE_BYTES):
+                self.close()
+                raise NotSMTP(self.step, f"reply line longer than {MAX_LINE_BYTES} bytes")
             if end >= 0:
                 line = bytes(self._buffer[: end + 1])
                 del self._buffer[: end + 1]
                 return line
-            if len(self._buffer) > MAX_LINE_BYTES:
-                self.close()
-                raise NotSMTP(self.step, f"reply line longer than {MAX_LINE_BYTES} bytes")
             if self.sock is None:
                 raise ConnectionLost(self.step, "not connected")
             try:
@@ -254,26 +277,30 @@ class RelaySession(smtplib.SMTP):
         self.send(f"{line}\r\n")
         return self.read_reply()
 
-    def transaction(self, mail_from: str, rcpt_to: str) -> tuple[Reply, Reply | None, Reply]:
+    def transaction(self, mail_from: str, rcpt_to: str, exchange: Exchange) -> None:
         """MAIL, RCPT (only if MAIL was accepted, unless pipelining), RSET.
 
         With PIPELINING (RFC 2920) all three go out in one write; a RCPT after a
-        refused MAIL then draws a 503, which is ignored.
+        refused MAIL then draws a 503, which is ignored.  Replies go into `exchange`
+        as they arrive, so that what the server decided survives a connection that
+        dies before the transaction is over.
         """
         mail_cmd = f"MAIL FROM:{mail_from}"
         rcpt_cmd = f"RCPT TO:{rcpt_to}"
         if self.has_extn("pipelining"):
             self.step = "reply to MAIL FROM"
             self.send(f"{mail_cmd}\r\n{rcpt_cmd}\r\nRSET\r\n")
-            mail = self.read_reply()
+            exchange.mail = self.read_reply()
             self.step = "reply to RCPT TO"
             rcpt = self.read_reply()
+            exchange.rcpt = rcpt if 200 <= exchange.mail.code < 300 else None
             self.step = "reply to RSET"
-            rset = self.read_reply()
-            return mail, rcpt if 200 <= mail.code < 300 else None, rset
-        mail = self.command(mail_cmd)
-        rcpt = self.command(rcpt_cmd) if 200 <= mail.code < 300 else None
-        return mail, rcpt, self.command("RSET")
+            exchange.rset = self.read_reply()
+            return
+        exchange.mail = self.command(mail_cmd)
+        if 200 <= exchange.mail.code < 300:
+            exchange.rcpt = self.command(rcpt_cmd)
+        exchange.rset = self.command("RSET")
 
     def goodbye(self) -> None:
         """QUIT politely if the connection is still up; never raise."""

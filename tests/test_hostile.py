@@ -1,0 +1,476 @@
+"""Hostile and broken servers: the plugin ends in time, with a true state and one reason.
+
+Each test runs the plugin as a process against a small server from hostile.py.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import time
+
+import pytest
+from conftest import OUTSIDE, PluginRun, plugin_command, run_plugin
+from hostile import (
+    ACCEPTED,
+    EHLO,
+    EHLO_NO_PIPELINING,
+    HANG_UP,
+    RELAY_DENIED,
+    SILENCE,
+    Answer,
+    HostileServer,
+    Peer,
+    Script,
+    multiline,
+)
+
+from plugin.battery import TEST_IDS
+
+TOTAL = len(TEST_IDS)
+FEW = "plain,null-sender,percent-hack-host"
+
+
+def check(server: HostileServer, *extra: str, timeout: str = "5") -> PluginRun:
+    host = server.host
+    result = run_plugin("-H", host, "-p", str(server.port), "--to", OUTSIDE, "-t", timeout,
+                        *extra, timeout=30)
+    assert_sane(result)
+    return result
+
+
+def assert_sane(result: PluginRun) -> None:
+    """One status line naming the plugin, no traceback, nothing on stderr."""
+    assert result.stderr == "", result.stderr
+    assert "Traceback" not in result.stdout
+    assert re.match(r"OPEN_RELAY (OK|WARNING|CRITICAL|UNKNOWN) - \S", result.status_line), \
+        result.stdout
+
+
+def timed(server: HostileServer, *extra: str, timeout: str) -> tuple[PluginRun, float]:
+    started = time.monotonic()
+    result = check(server, *extra, timeout=timeout)
+    return result, time.monotonic() - started
+
+
+def nth(answers: dict[int, str], otherwise: str):
+    """An answer by the number of the command on its connection (1 = first of its verb)."""
+    def answer(peer: Peer, line: str) -> str:
+        verb = line.split(":", 1)[0].upper()
+        count = sum(1 for sent in peer.lines if sent.split(":", 1)[0].upper() == verb)
+        return answers.get(count, otherwise)
+    return answer
+
+
+def on_connection(first: Answer, later: Answer):
+    """One answer on the first connection, another on every later one."""
+    def answer(peer: Peer, line: str) -> str:
+        chosen = first if peer.number == 1 else later
+        return chosen(peer, line) if callable(chosen) else chosen
+    return answer
+
+
+def relay_plain(peer: Peer, line: str) -> str:
+    """An open relay for the plain test only: outside sender to outside recipient."""
+    mails = [sent for sent in peer.lines if sent.upper().startswith("MAIL FROM:")]
+    plain = mails and mails[-1] == f"MAIL FROM:<{OUTSIDE}>" and line == f"RCPT TO:<{OUTSIDE}>"
+    return ACCEPTED if plain else RELAY_DENIED
+
+
+# -- tarpits: the deadline holds ---------------------------------------------------------
+
+def test_banner_trickled_past_the_deadline_is_unknown_in_time():
+    tarpit = Script(banner="220 mx.tarpit.test ESMTP " + "x" * 40, trickle=0.2)
+    with HostileServer(tarpit) as server:
+        result, took = timed(server, timeout="1")
+    assert result.returncode == 3
+    assert result.status_line == "OPEN_RELAY UNKNOWN - no banner from 127.0.0.1 within 1 s"
+    assert took < 1 + 1
+
+
+def test_replies_a_byte_at_a_time_within_the_deadline_still_decide():
+    trickler = Script(ehlo=EHLO_NO_PIPELINING, trickle=0.001,
+                      rcpt=RELAY_DENIED)
+    with HostileServer(trickler) as server:
+        result = check(server, "--tests", FEW, timeout="10")
+    assert result.returncode == 0, result.stdout
+    assert result.status_line == "OPEN_RELAY OK - 127.0.0.1 refused all 3 relay attempts"
+
+
+@pytest.mark.parametrize(("verb", "step"), [
+    ("ehlo", "reply to EHLO"), ("mail", "reply to MAIL FROM"),
+    ("rcpt", "reply to RCPT TO"), ("rset", "reply to RSET")])
+def test_server_falling_silent_is_unknown_in_time_naming_the_step(verb, step):
+    with HostileServer(Script(**{verb: SILENCE})) as server:
+        result, took = timed(server, timeout="1")
+    assert result.returncode == 3, result.stdout
+    assert f"no {step} from 127.0.0.1 within 1 s" in result.status_line
+    assert took < 1 + 1
+
+
+def test_silence_after_an_accepted_relay_is_still_critical_with_its_evidence():
+    with HostileServer(Script(rcpt=nth({1: ACCEPTED}, SILENCE))) as server:
+        result, took = timed(server, timeout="1")
+    assert result.returncode == 2, result.stdout
+    assert result.status_line == (
+        f"OPEN_RELAY CRITICAL - 127.0.0.1 relayed 1 of {TOTAL} attempts (plain)")
+    assert f"    C: RCPT TO:<{OUTSIDE}>\n    S: 250 2.1.5 Ok" in result.long_output
+    assert result.perf_value("untested") == TOTAL - 1
+    assert took < 1 + 1
+
+
+def test_silence_at_rset_after_an_accepted_relay_keeps_the_evidence():
+    """The RCPT reply is in hand when the RSET goes unanswered: it still counts."""
+    with HostileServer(Script(rcpt=ACCEPTED, rset=SILENCE)) as server:
+        result = check(server, timeout="1")
+    assert result.returncode == 2, result.stdout
+    assert "relayed 1 of" in result.status_line
+
+
+# -- replies that never end: bounded memory ----------------------------------------------
+
+def endless_lines(peer: Peer, line: str) -> str:
+    while peer.say("250-" + "A" * 70):
+        pass
+    return HANG_UP
+
+
+def endless_line(peer: Peer, line: str) -> str:
+    peer.send(b"250-mx.hostile.test ")
+    while peer.send(b"A" * 4096):
+        pass
+    return HANG_UP
+
+
+def peak_rss_kib(server: HostileServer) -> tuple[PluginRun, int]:
+    """Run the plugin and measure its own peak resident set (wait4 reports one child)."""
+    env = dict(os.environ, PYTHONPATH=str(os.path.dirname(os.path.dirname(__file__))))
+    process = subprocess.Popen(
+        [*plugin_command(), "-H", "127.0.0.1", "-p", str(server.port), "--to", OUTSIDE,
+         "-t", "5"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdin=subprocess.DEVNULL, env=env)
+    stdout, stderr = process.stdout.read(), process.stderr.read()
+    _, status, usage = os.wait4(process.pid, 0)
+    process.returncode = os.waitstatus_to_exitcode(status)
+    process.stdout.close()
+    process.stderr.close()
+    result = PluginRun(process.returncode, stdout, stderr)
+    assert_sane(result)
+    return result, usage.ru_maxrss   # KiB on Linux
+
+
+@pytest.mark.parametrize(("reply", "reason"), [
+    (endless_lines, "reply longer than 100 lines"),
+    (endless_line, "reply line longer than 2048 bytes")])
+def test_endless_reply_is_unknown_with_bounded_memory(reply, reason, capsys):
+    with HostileServer(Script()) as server:
+        _, baseline = peak_rss_kib(server)
+    with HostileServer(Script(ehlo=reply)) as server:
+        started = time.monotonic()
+        result, peak = peak_rss_kib(server)
+        took = time.monotonic() - started
+    assert result.returncode == 3, result.stdout
+    assert reason in result.status_line
+    assert "EHLO" in result.status_line
+    assert took < 5
+    with capsys.disabled():
+        print(f"\n  peak RSS against {reply.__name__}: {peak} KiB "
+              f"(closed server: {baseline} KiB)")
+    assert peak - baseline < 8 * 1024
+
+
+# -- 421 and hang-ups: reconnect where it helps, keep what was learned -------------------
+
+def test_421_at_the_banner_is_unknown_naming_it():
+    with HostileServer(Script(banner="421 4.3.2 mx.hostile.test Service shutting down")) \
+            as server:
+        result = check(server)
+        connections = len(server.peers)
+    assert result.returncode == 3
+    assert result.status_line == ("OPEN_RELAY UNKNOWN - banner: server closing: "
+                                  "421 4.3.2 mx.hostile.test Service shutting down")
+    assert connections == 1
+
+
+def test_421_mid_dialogue_reconnects_and_finishes_the_battery():
+    closing = "421 4.4.2 mx.hostile.test Error: timeout exceeded"
+    with HostileServer(Script(rcpt=nth({3: closing}, RELAY_DENIED))) as server:
+        result = check(server)
+    assert result.returncode == 0, result.stdout
+    assert result.perf_value("refused") == TOTAL
+
+
+STEPS = {   # where the server hangs up → what the plugin was waiting for
+    "ehlo": "reply to EHLO", "mail": "reply to MAIL FROM", "rcpt": "reply to RCPT TO"}
+
+
+@pytest.mark.parametrize("verb", [*STEPS, "rset"])
+@pytest.mark.parametrize("ehlo", [EHLO, EHLO_NO_PIPELINING], ids=["pipelining", "lockstep"])
+def test_hang_up_once_at_any_step_costs_a_reconnect_not_a_result(verb, ehlo):
+    script = Script(ehlo=ehlo, rcpt=relay_plain)
+    setattr(script, verb, on_connection(HANG_UP, getattr(script, verb)))
+    with HostileServer(script) as server:
+        result = check(server, "--tests", FEW)
+        connections = len(server.peers)
+    assert result.returncode == 2, result.stdout
+    assert "relayed 1 of 3 attempts (plain)" in result.status_line
+    assert result.perf_value("refused") == 2
+    assert connections == 2
+
+
+@pytest.mark.parametrize("verb", STEPS)
+def test_hang_up_at_every_connection_is_unknown_after_a_few_tries(verb):
+    with HostileServer(Script(**{verb: HANG_UP})) as server:
+        result = check(server)
+        connections = len(server.peers)
+    assert result.returncode == 3, result.stdout
+    assert result.status_line.endswith(f"connection closed by the server (at {STEPS[verb]})")
+    assert connections <= 3   # a server that always hangs up is not hammered
+
+
+def test_hang_up_at_every_rset_still_decides_every_test():
+    with HostileServer(Script(rcpt=ACCEPTED, rset=HANG_UP)) as server:
+        result = check(server)
+        connections = len(server.peers)
+    assert result.returncode == 2, result.stdout
+    assert f"relayed {TOTAL} of {TOTAL} attempts" in result.status_line
+    assert connections == TOTAL
+
+
+def test_reset_mid_battery_after_a_relay_keeps_it_critical():
+    vanishing = on_connection(nth({1: ACCEPTED}, HANG_UP), HANG_UP)
+    with HostileServer(Script(ehlo=EHLO_NO_PIPELINING, rcpt=vanishing)) as server:
+        result = check(server)
+    assert result.returncode == 2, result.stdout
+    assert result.status_line.startswith(
+        f"OPEN_RELAY CRITICAL - 127.0.0.1 relayed 1 of {TOTAL} attempts (plain)")
+    assert f"    C: RCPT TO:<{OUTSIDE}>\n    S: 250 2.1.5 Ok" in result.long_output
+    assert result.perf_value("untested") == TOTAL - 1
+
+
+# -- not SMTP at all ---------------------------------------------------------------------
+
+def speak_first(data: bytes):
+    def handler(peer: Peer) -> None:
+        peer.send(data)
+        peer.hold()
+    return handler
+
+
+def http_408(peer: Peer) -> None:
+    """A web server that gives up on a client that never sends its request."""
+    peer.stopping.wait(0.3)
+    peer.send(b"HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\n\r\n")
+
+
+NOT_SMTP = {
+    "ssh": speak_first(b"SSH-2.0-OpenSSH_9.2p1 Debian-2+deb12u3\r\n"),
+    "http": http_408,
+    "binary": speak_first(bytes(range(256)) * 4),
+    "no-codes": speak_first(b"hello there\r\nwelcome to my server\r\n"),
+    "pop3": speak_first(b"+OK Dovecot ready.\r\n"),
+    "short-code": speak_first(b"22 mx.hostile.test\r\n"),
+}
+
+
+@pytest.mark.parametrize("handler", NOT_SMTP.values(), ids=NOT_SMTP.keys())
+def test_not_an_smtp_server_is_unknown_saying_so_at_once(handler):
+    with HostileServer(handler) as server:
+        result, took = timed(server, timeout="5")
+    assert result.returncode == 3, result.stdout
+    assert result.status_line.startswith("OPEN_RELAY UNKNOWN - not an SMTP server: ")
+    assert took < 2.5   # the first bytes tell; no waiting for the deadline
+
+
+def test_garbage_after_a_good_banner_is_unknown_naming_the_step():
+    with HostileServer(Script(ehlo="hello, what is EHLO?")) as server:
+        result = check(server)
+    assert result.returncode == 3, result.stdout
+    assert result.status_line.startswith("OPEN_RELAY UNKNOWN - not an SMTP server: ")
+    assert result.status_line.endswith("(at reply to EHLO)")
+
+
+# -- dialogue variants -------------------------------------------------------------------
+
+def test_ehlo_and_helo_both_refused_is_unknown_naming_helo():
+    refused = "550 5.7.1 <vm>: Helo command rejected: Host not found"
+    with HostileServer(Script(ehlo="502 5.5.2 Error: command not recognized", helo=refused)) \
+            as server:
+        result = check(server)
+        lines = server.connections[0]
+    assert result.returncode == 3, result.stdout
+    assert result.status_line == f"OPEN_RELAY UNKNOWN - refused: {refused} (at HELO)"
+    assert [line.split(" ")[0] for line in lines] == ["EHLO", "HELO", "QUIT"]
+
+
+@pytest.mark.parametrize("ehlo", [
+    multiline(250, "mx.hostile.test", "SIZE 10240000", "PIPELINING", "ENHANCEDSTATUSCODES"),
+    multiline(250, "mx.hostile.test", "SIZE 10240000", "ENHANCEDSTATUSCODES")],
+    ids=["pipelining", "lockstep"])
+def test_multi_line_replies_to_every_command(ehlo):
+    def rcpt(peer: Peer, line: str) -> str:
+        if relay_plain(peer, line) == ACCEPTED:
+            return multiline(250, "2.1.5 Recipient ok,", "2.1.5 really")
+        return multiline(554, "5.7.1 Relaying denied.", "5.7.1 Ask your postmaster")
+    script = Script(banner=multiline(220, "mx.hostile.test ESMTP", "no UCE", "really"),
+                    ehlo=ehlo, helo=multiline(250, "mx.hostile.test", "hello"),
+                    mail=multiline(250, "2.1.0 Sender ok", "2.1.0 go on"), rcpt=rcpt,
+                    rset=multiline(250, "2.0.0 Reset", "2.0.0 state cleared"),
+                    quit=multiline(221, "2.0.0 Bye", "2.0.0 see you"))
+    with HostileServer(script) as server:
+        result = check(server)
+    assert result.returncode == 2, result.stdout
+    assert result.status_line == (
+        f"OPEN_RELAY CRITICAL - 127.0.0.1 relayed 1 of {TOTAL} attempts (plain)")
+    assert "banner: 220 mx.hostile.test ESMTP no UCE really" in result.long_output
+    assert ("    S: 250-2.1.5 Recipient ok,\n    S: 250 2.1.5 really") in result.long_output
+    assert result.perf_value("refused") == TOTAL - 1
+
+
+@pytest.mark.parametrize(("rcpt", "code", "outcome"), [
+    ("554 Relay access denied", 0, "refused"),
+    ("550 Invalid recipient", 0, "refused"),
+    ("550 5.1.1 User unknown", 0, "refused"),
+    ("252 Cannot VRFY user, but will accept message", 2, "accepted"),
+    ("252 2.1.5 Will try to deliver", 2, "accepted"),
+    ("250 Ok", 2, "accepted"),
+    ("451 Try again later", 1, "tempfail"),
+    ("451 4.3.0 Try again later", 1, "tempfail"),
+], ids=lambda value: str(value))
+def test_replies_with_and_without_enhanced_status_codes(rcpt, code, outcome):
+    with HostileServer(Script(rcpt=rcpt, mail="250 Ok", rset="250 Ok",
+                              ehlo="250 mx.hostile.test")) as server:
+        result = check(server, "--tests", FEW)
+    assert result.returncode == code, result.stdout
+    assert result.perf_value(outcome) == 3
+
+
+# -- temporary failures ------------------------------------------------------------------
+
+def some_tests_tempfail(accept_plain: bool):
+    def rcpt(peer: Peer, line: str) -> str:
+        if accept_plain and relay_plain(peer, line) == ACCEPTED:
+            return ACCEPTED
+        mails = [sent for sent in peer.lines if sent.upper().startswith("MAIL FROM:")]
+        if mails[-1] == "MAIL FROM:<>" or "%" in line:
+            return "451 4.3.0 Temporary lookup failure"
+        return RELAY_DENIED
+    return rcpt
+
+
+def test_tempfail_on_some_tests_does_not_hide_a_relay_accepted_by_another():
+    with HostileServer(Script(rcpt=some_tests_tempfail(accept_plain=True))) as server:
+        result = check(server)
+    assert result.returncode == 2, result.stdout
+    assert result.status_line.startswith(
+        f"OPEN_RELAY CRITICAL - 127.0.0.1 relayed 1 of {TOTAL} attempts (plain)")
+    assert result.perf_value("tempfail") == 5
+
+
+def test_tempfail_on_some_tests_is_a_warning_naming_them():
+    with HostileServer(Script(rcpt=some_tests_tempfail(accept_plain=False))) as server:
+        result = check(server)
+    assert result.returncode == 1, result.stdout
+    assert result.status_line == (
+        f"OPEN_RELAY WARNING - 127.0.0.1 no relay accepted, but 5 of {TOTAL} attempts "
+        "undecided (temporary failure): null-sender, percent-hack-literal, "
+        "percent-hack-host, percent-hack-empty, quoted-percent")
+    assert ("  temporary failure: 451 4.3.0 Temporary lookup failure: null-sender, "
+            "percent-hack-literal, percent-hack-host, percent-hack-empty, quoted-percent"
+            ) in result.long_output
+
+
+# -- error limits: the battery goes on over fresh connections ----------------------------
+
+@pytest.mark.parametrize("limit", [3, 20], ids=["exim-3", "postfix-20"])
+def test_server_cutting_the_client_off_after_errors_gets_the_whole_battery(limit):
+    with HostileServer(Script(max_errors=limit)) as server:
+        result = check(server)
+        connections = len(server.peers)
+    assert result.returncode == 0, result.stdout
+    assert result.perf_value("refused") == TOTAL
+    assert connections > 1
+
+
+def test_ipv6_target_with_literals_in_ipv6_form():
+    with HostileServer(Script(rcpt=RELAY_DENIED), host="::1") as server:
+        result = check(server, "--tests", "spoof-literal,percent-hack-literal")
+        lines = server.connections[0]
+    assert result.returncode == 0, result.stdout
+    assert result.status_line == "OPEN_RELAY OK - ::1 refused all 2 relay attempts"
+    assert "MAIL FROM:<relaytest@[IPv6:::1]>" in lines
+    assert "RCPT TO:<relaytest%relay.example.net@[IPv6:::1]>" in lines
+
+
+# -- safety: no DATA, every transaction reset, every connection quit ---------------------
+
+def verb_of(line: str) -> str:
+    return line.split(":", 1)[0].split(" ", 1)[0].upper()
+
+
+SAFETY = {   # name: (server, reconnects)
+    "pipelining": (Script(rcpt=ACCEPTED), False),
+    "lockstep": (Script(ehlo=EHLO_NO_PIPELINING, rcpt=ACCEPTED), False),
+    "closed": (Script(), True),   # the plugin leaves before Postfix's error limits
+    "pipelining-error-limit": (Script(max_errors=3), True),
+    "lockstep-error-limit": (Script(ehlo=EHLO_NO_PIPELINING, max_errors=3), True),
+    "pipelining-hang-ups": (Script(rcpt=nth({3: HANG_UP}, ACCEPTED)), True),
+    "lockstep-hang-ups": (Script(ehlo=EHLO_NO_PIPELINING, rcpt=nth({3: HANG_UP}, ACCEPTED)),
+                          True),
+}
+
+
+@pytest.mark.parametrize(("script", "reconnects"), SAFETY.values(), ids=SAFETY.keys())
+def test_no_data_and_every_transaction_reset_and_quit_on_every_connection(script, reconnects):
+    with HostileServer(script) as server:
+        result = check(server)
+        peers = list(server.peers)
+    assert result.returncode in (0, 2), result.stdout
+    assert result.perf_value("untested") == 0
+    tried: set[tuple[str, str]] = set()
+    for peer in peers:
+        verbs = [verb_of(line) for line in peer.lines]
+        assert not {"DATA", "BDAT", "BURL"} & set(verbs), peer.lines
+        in_transaction = False
+        mail = ""
+        for line, verb in zip(peer.lines, verbs, strict=True):
+            if verb == "MAIL":
+                assert not in_transaction, f"MAIL before RSET: {peer.lines}"
+                in_transaction, mail = True, line
+            elif verb == "RSET":
+                in_transaction = False
+            elif verb == "RCPT":
+                tried.add((mail, line))
+        if not peer.hung_up:   # the client ended this connection: cleanly
+            assert verbs[-1] == "QUIT", peer.lines
+            assert not in_transaction, peer.lines
+    assert len(tried) == TOTAL
+    assert (len(peers) > 1) == reconnects
+
+
+# -- server text cannot forge output -----------------------------------------------------
+
+EVIL = "ok | evil=1;2;3 \x1b[31m\x07\x00\x08\x7f\x85\u2028\u2029\u202e x" + "X" * 700
+
+
+@pytest.mark.parametrize(("script", "state"), [
+    (Script(banner="220 " + EVIL, rcpt="250 " + EVIL), 2),
+    (Script(mail="554 5.7.1 " + EVIL), 1),
+    (Script(rcpt="451 4.7.1 " + EVIL), 1),
+    (Script(banner="421 4.3.2 " + EVIL), 3),
+    (Script(banner=EVIL), 3),
+    (Script(ehlo="250-" + EVIL + "\n" + EVIL), 3),
+], ids=["accepted", "mail-refused", "tempfail", "421-banner", "not-smtp", "not-smtp-later"])
+@pytest.mark.parametrize("verbosity", ["-v", "-vvv"])
+def test_server_text_cannot_forge_lines_fields_or_perfdata(script, state, verbosity):
+    with HostileServer(script) as server:
+        result = check(server, verbosity)
+    assert result.returncode == state, result.stdout
+    body, perfdata = result.stdout.rstrip("\n").rsplit("\n| ", 1)
+    assert "|" not in body
+    assert "evil" not in perfdata
+    for line in body.split("\n"):
+        assert line.isprintable(), repr(line)
+        assert "X" * 201 not in line   # server text is cut at 200 characters a line
+    assert body.count("\n") == len(body.splitlines()) - 1   # no other line breaks
