@@ -23,6 +23,7 @@ from .session import (
     RelaySession,
     SessionError,
     Transcript,
+    UntrustedCertificate,
 )
 from .settings import Settings
 from .targets import (
@@ -196,7 +197,8 @@ class BatteryRun:
             return session
         try:
             session.upgrade(self._context())
-        except DeadlineExpired:
+        except (DeadlineExpired, UntrustedCertificate):
+            # Asked to verify, a server that fails it is not tested in plain text instead.
             raise
         except SessionError as exc:
             session.goodbye()
@@ -312,11 +314,16 @@ class BatteryRun:
 
 
 def _announced_name(reply: Reply) -> str:
-    """The host name a server gives itself: the first word of its banner or EHLO reply."""
+    """The host name a server gives itself: the first word of its banner or EHLO reply.
+
+    The name goes into the commands the battery sends, so it must be a plain ASCII
+    host name: str.isalnum() alone lets "exämple" through, which smtplib cannot send.
+    """
     words = reply.lines[0].split() if reply.lines else []
     name = words[0].rstrip(".").lower() if words else ""
-    if "." in name and ip_version(name) is None and all(
-            label and label.replace("-", "").isalnum() for label in name.split(".")):
+    if "." in name and name.isascii() and len(name) <= 253 and ip_version(name) is None \
+            and all(label and len(label) <= 63 and label.replace("-", "").isalnum()
+                    for label in name.split(".")):
         return name
     return ""
 
@@ -333,6 +340,8 @@ def describe_failure(failure: SessionError | None, target: Target, seconds: floa
     if isinstance(failure, NotSMTP):
         where = "" if failure.step == "banner" else f" (at {failure.step})"
         return f"not an SMTP server: {failure.reason}{where}"
+    if failure.step == "STARTTLS":
+        return f"STARTTLS {failure.reason}"
     if failure.step in ("connect", "banner", "TLS handshake"):
         return f"{failure.step}: {failure.reason}"
     return f"{failure.reason} (at {failure.step})"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import smtplib
 import socket
+import ssl  # smtplib imports it anyway
 import time
 from dataclasses import dataclass, field
 
@@ -62,6 +63,14 @@ class ConnectionLost(SessionError, smtplib.SMTPServerDisconnected):
 
 class NotSMTP(SessionError):
     pass
+
+
+class UntrustedCertificate(SessionError):
+    """--tls-verify was asked for and the server's certificate failed it."""
+
+    def __init__(self, exc: ssl.SSLCertVerificationError) -> None:
+        super().__init__("TLS handshake",
+                         f"certificate not trusted ({exc.verify_message or exc.reason})")
 
 
 @dataclass(frozen=True)
@@ -130,6 +139,9 @@ class RelaySession(smtplib.SMTP):
             except TimeoutError as exc:
                 sock.close()
                 raise self._expired() from exc
+            except ssl.SSLCertVerificationError as exc:
+                sock.close()
+                raise UntrustedCertificate(exc) from exc
             except OSError as exc:
                 sock.close()
                 raise SessionError("TLS handshake", str(exc)) from exc
@@ -261,6 +273,9 @@ class RelaySession(smtplib.SMTP):
             self.sock = context.wrap_socket(self.sock, server_hostname=self._host)
         except TimeoutError as exc:
             raise self._expired() from exc
+        except ssl.SSLCertVerificationError as exc:
+            self.close()
+            raise UntrustedCertificate(exc) from exc
         except OSError as exc:
             self.close()
             raise SessionError("TLS handshake", str(exc)) from exc

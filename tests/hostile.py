@@ -6,17 +6,21 @@ Every line the client sends is recorded per connection, so a test can prove what
 plugin sent, and did not send, on each connection.
 
 `Script` is the usual handler: an SMTP server whose answer to each command is a string
-or a callable deciding per line, which can also hang up or fall silent.
+or a callable deciding per line, which can also hang up or fall silent.  `assert_sane`
+is what every run of the plugin must show, however the server behaved.
 """
 
 from __future__ import annotations
 
 import contextlib
+import re
 import socket
 import ssl
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+
+from conftest import PluginRun
 
 # Answers that are not replies: end the connection, or keep it open and say nothing.
 HANG_UP = "<hang up>"
@@ -234,3 +238,11 @@ class Script:
                 return False
             peer.errors += 1
         return peer.say(text, self.trickle)
+
+
+def assert_sane(result: PluginRun) -> None:
+    """One status line naming the plugin and a state, no traceback, nothing on stderr."""
+    assert result.stderr == "", result.stderr
+    assert "Traceback" not in result.stdout
+    assert re.match(r"OPEN_RELAY (OK|WARNING|CRITICAL|UNKNOWN) - \S", result.status_line), \
+        result.stdout

@@ -6,7 +6,6 @@ Each test runs the plugin as a process against a small server from hostile.py.
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import time
 
@@ -23,6 +22,7 @@ from hostile import (
     HostileServer,
     Peer,
     Script,
+    assert_sane,
     multiline,
 )
 
@@ -38,14 +38,6 @@ def check(server: HostileServer, *extra: str, timeout: str = "5") -> PluginRun:
                         *extra, timeout=30)
     assert_sane(result)
     return result
-
-
-def assert_sane(result: PluginRun) -> None:
-    """One status line naming the plugin, no traceback, nothing on stderr."""
-    assert result.stderr == "", result.stderr
-    assert "Traceback" not in result.stdout
-    assert re.match(r"OPEN_RELAY (OK|WARNING|CRITICAL|UNKNOWN) - \S", result.status_line), \
-        result.stdout
 
 
 def timed(server: HostileServer, *extra: str, timeout: str) -> tuple[PluginRun, float]:
@@ -391,6 +383,19 @@ def test_server_cutting_the_client_off_after_errors_gets_the_whole_battery(limit
     assert result.returncode == 0, result.stdout
     assert result.perf_value("refused") == TOTAL
     assert connections > 1
+
+
+@pytest.mark.parametrize("banner", [
+    "220 mx.ex\u00e4mple.test ESMTP", "220 mx.ex\u0663mple.test ESMTP",
+    "220 " + "a" * 64 + ".hostile.test ESMTP", "220 " + "a." * 200 + "test ESMTP"])
+def test_a_host_name_from_the_server_is_used_only_if_it_is_plain_ascii(banner):
+    """The name a server announces goes into spoofed senders: it must be sendable."""
+    with HostileServer(Script(banner=banner)) as server:
+        result = check(server, "--tests", "spoof-host")
+        lines = server.connections[0]
+    assert result.returncode == 0, result.stdout
+    assert "MAIL FROM:<relaytest@mx.hostile.test>" in lines   # the EHLO name instead
+    assert all(line.isascii() for line in lines)
 
 
 def test_ipv6_target_with_literals_in_ipv6_form():
