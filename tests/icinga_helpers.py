@@ -134,11 +134,12 @@ def validate_icinga(tree: Path, base: Path, *defines: str) -> Validation:
     return Validation(done.returncode, done.stdout + done.stderr, base)
 
 
-def validate_nagios(base: Path, object_files: list[Path]) -> subprocess.CompletedProcess[str]:
-    """`nagios4 -v` over the stock objects plus object_files, with a private nagios.cfg."""
+def nagios_config(base: Path, object_files: list[Path], *extra: str,
+                  plugin_dir: str = PLUGIN_DIR) -> Path:
+    """A private nagios.cfg: the stock objects plus object_files, all state under base."""
     spool = base / "checkresults"
     spool.mkdir(parents=True, exist_ok=True)
-    (base / "resource.cfg").write_text(f"$USER1$={PLUGIN_DIR}\n")
+    (base / "resource.cfg").write_text(f"$USER1$={plugin_dir}\n")
     user = pwd.getpwuid(os.getuid()).pw_name
     group = grp.getgrgid(os.getgid()).gr_name
     lines = [
@@ -154,15 +155,100 @@ def validate_nagios(base: Path, object_files: list[Path]) -> subprocess.Complete
         f"status_file={base / 'status.dat'}",
         f"object_cache_file={base / 'objects.cache'}",
         f"precached_object_file={base / 'objects.precache'}",
+        f"query_socket={base / 'nagios.qh'}",
+        f"command_file={base / 'nagios.cmd'}",
         # The pre-flight check tests that this user can write the spool directory.
         f"nagios_user={user}",
         f"nagios_group={group}",
         "illegal_macro_output_chars=`~$&|'\"<>",
+        *extra,
     ]
     config = base / "nagios.cfg"
     config.write_text("\n".join(lines) + "\n")
+    return config
+
+
+def validate_nagios(base: Path, object_files: list[Path]) -> subprocess.CompletedProcess[str]:
+    """`nagios4 -v` over the stock objects plus object_files, with a private nagios.cfg."""
+    config = nagios_config(base, object_files)
     return subprocess.run(["nagios4", "-v", str(config)], capture_output=True, text=True,
                           timeout=60, stdin=subprocess.DEVNULL)
+
+
+@dataclass
+class NagiosNode:
+    """Nagios Core 4 in the foreground with its config and state under base."""
+
+    base: Path
+    config: Path
+    proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    def start(self) -> None:
+        with (self.base / "console.log").open("ab") as log:
+            self.proc = subprocess.Popen(["nagios4", str(self.config)], stdout=log,
+                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                         start_new_session=True)
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        try:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=5)
+        except ProcessLookupError:
+            pass
+
+    def log_tail(self, lines: int = 30) -> str:
+        log = self.base / "nagios.log"
+        text = log.read_text(errors="replace") if log.exists() else ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def command(self, line: str, timeout: float = 10) -> None:
+        """One external command through the command pipe, once Nagios reads it."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                # Non-blocking: opening a pipe nobody reads yet fails instead of hanging.
+                fd = os.open(self.base / "nagios.cmd", os.O_WRONLY | os.O_NONBLOCK)
+                break
+            except (FileNotFoundError, OSError):
+                if time.monotonic() > deadline:
+                    raise AssertionError("Nagios never opened its command pipe:\n"
+                                         + self.log_tail()) from None
+                time.sleep(0.2)
+        try:
+            os.write(fd, f"[{int(time.time())}] {line}\n".encode())
+        finally:
+            os.close(fd)
+
+    def services(self) -> dict[str, dict[str, str]]:
+        """servicestatus blocks of status.dat, by "host!service"."""
+        path = self.base / "status.dat"
+        found: dict[str, dict[str, str]] = {}
+        if not path.exists():
+            return found
+        for block in path.read_text(errors="replace").split("servicestatus {")[1:]:
+            fields = dict(line.strip().split("=", 1) for line in block.split("}")[0].splitlines()
+                          if "=" in line)
+            found[f"{fields['host_name']}!{fields['service_description']}"] = fields
+        return found
+
+    def check_now(self, host: str, service: str, timeout: float = 30) -> dict[str, str]:
+        """Force a check and return its status once Nagios has recorded the result."""
+        asked = int(time.time())
+        self.command(f"SCHEDULE_FORCED_SVC_CHECK;{host};{service};{asked}")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise AssertionError("nagios4 exited:\n" + self.log_tail())
+            status = self.services().get(f"{host}!{service}")
+            if status and int(status["last_check"]) >= asked and status["has_been_checked"] == "1":
+                return status
+            time.sleep(0.2)
+        raise AssertionError(f"no result for {host}!{service}:\n" + self.log_tail())
 
 
 # --- running daemons -----------------------------------------------------------------
