@@ -19,6 +19,7 @@ import re
 import shutil
 import time
 from collections.abc import Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -193,18 +194,16 @@ def site(tmp_path_factory: pytest.TempPathFactory, ca: Path) -> Iterator[Site]:
     with FakeDNS(zone, host=DNS_HOST) as dns:
         (node.etc / "conf.d" / "e2e.conf").write_text(
             host_objects(dns.address) + stock_stand_ins(recorder))
-        started = [server.__enter__() for server in smtp.values()]
-        try:
+        with ExitStack() as stack:
+            for server in smtp.values():
+                stack.enter_context(server)
+            stack.callback(node.stop)
             node.start()
             node.wait_for_api(timeout=30)
             asked = {name: node.check_now(name) for name in SERVICES}
             results = {name: node.result_after(name, asked[name], timeout=60)
                        for name in SERVICES}
             yield Site(node, argv_log, pages, smtp, results)
-        finally:
-            node.stop()
-            for server in started:
-                server.stop()
 
 
 def argv_for_log(log: Path, option: str, value: str) -> list[str]:
@@ -424,9 +423,12 @@ object Host "{name}" {{
 
     servers = [FakeSMTP(Behaviour(rcpt=open_relay), host=CLUSTER_OPEN, port=25),
                FakeSMTP(Behaviour(), host=CLUSTER_CLOSED, port=25)]
-    started = []
-    try:
-        started = [server.__enter__() for server in servers]
+    with ExitStack() as stack:
+        for server in servers:
+            stack.enter_context(server)
+        # Stopped in reverse order: satellite, then master, then the servers.
+        stack.callback(master.stop)
+        stack.callback(satellite.stop)
         # Master first, so the satellite's first connection attempt succeeds instead of
         # waiting for the ten-second reconnect timer.
         master.start()
@@ -443,11 +445,6 @@ object Host "{name}" {{
             "GET", f"/v1/objects/endpoints/{satellite.name}")["results"][0]["attrs"]["connected"],
             timeout=30)
         yield Cluster(master, satellite, satellite_argv_log, master_argv_log)
-    finally:
-        satellite.stop()
-        master.stop()
-        for server in started:
-            server.stop()
 
 
 def remote_result(cluster: Cluster, service: str, timeout: float = 60) -> dict[str, Any]:
@@ -553,9 +550,10 @@ define contact {{
             "enable_notifications=0",
             plugin_dir=str(tmp_path / "plugins"))
         nagios = NagiosNode(tmp_path, config)
-        started = []
-        try:
-            started = [server.__enter__() for server in servers]
+        with ExitStack() as stack:
+            for server in servers:
+                stack.enter_context(server)
+            stack.callback(nagios.stop)
             nagios.start()
             results = {name: nagios.check_now(*name.split("!"))
                        for name in ("mx-open!Open relay", "mx-closed!Open relay",
@@ -563,10 +561,6 @@ define contact {{
                                     f"mail-domains!Open relay {NAGIOS_DOMAIN}")}
             # By hand while the fake servers still run.
             check_nagios_results(results, argv_log)
-        finally:
-            nagios.stop()
-            for server in started:
-                server.stop()
 
 
 def check_nagios_results(results: dict[str, dict[str, str]], argv_log: Path) -> None:
