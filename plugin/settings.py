@@ -95,8 +95,11 @@ def validate(args: argparse.Namespace) -> Settings:
                 Range(spec)
             except ValueError as exc:
                 raise UsageError(f"{option} {spec!r} is not a threshold range: {exc}") from exc
+    ids = [item.strip() for item in args.tests.split(",") if item.strip()]
+    if not ids:
+        raise UsageError("--tests names no test (give test ids or 'all')")
     try:
-        tests = select([item.strip() for item in args.tests.split(",") if item.strip()])
+        tests = select(ids)
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
     return Settings(

@@ -182,3 +182,9 @@ def test_silent_server_is_unknown_within_the_deadline_naming_the_step():
     assert result.returncode == 3
     assert "no banner from 127.0.0.1 within 2 s" in result.status_line
     assert took < 2 + 1.5
+
+
+def test_empty_test_list_is_a_usage_error():
+    result = run_plugin("-H", "127.0.0.1", "--to", OUTSIDE, "--tests", " , ")
+    assert result.returncode == 3
+    assert result.stdout == "OPEN_RELAY UNKNOWN - --tests names no test (give test ids or 'all')\n"
