@@ -289,8 +289,21 @@ class RelaySession(smtplib.SMTP):
         """Send one command exactly as written and read its reply."""
         verb = line.split(":", 1)[0] if ":" in line else line.split(" ", 1)[0]
         self.step = f"reply to {verb}"
-        self.send(f"{line}\r\n")
+        self.send(self._wire(line))
         return self.read_reply()
+
+    def _wire(self, *commands: str) -> str:
+        """Commands as they go out, each refused if it could smuggle in another.
+
+        Arguments are checked long before this, but a CR, LF or NUL inside a command
+        (or a character smtplib cannot send) must never reach a server, however it got
+        there: one CR LF and "DATA" would turn the check into a spam run.
+        """
+        for command in commands:
+            if not command.isascii() or any(char in command for char in "\r\n\0"):
+                raise SessionError(self.step, "refusing to send a command with a CR, LF, "
+                                              "NUL or non-ASCII character")
+        return "".join(f"{command}\r\n" for command in commands)
 
     def transaction(self, mail_from: str, rcpt_to: str, exchange: Exchange) -> None:
         """MAIL, RCPT (only if MAIL was accepted, unless pipelining), RSET.
@@ -304,7 +317,7 @@ class RelaySession(smtplib.SMTP):
         rcpt_cmd = f"RCPT TO:{rcpt_to}"
         if self.has_extn("pipelining"):
             self.step = "reply to MAIL FROM"
-            self.send(f"{mail_cmd}\r\n{rcpt_cmd}\r\nRSET\r\n")
+            self.send(self._wire(mail_cmd, rcpt_cmd, "RSET"))
             exchange.mail = self.read_reply()
             self.step = "reply to RCPT TO"
             rcpt = self.read_reply()
