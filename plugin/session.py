@@ -149,6 +149,10 @@ class RelaySession(smtplib.SMTP):
         return sock
 
     def send(self, s) -> None:
+        if self._buffer:
+            # Every reply asked for has been read, so these bytes answer nothing; read
+            # as the next reply, they would pin the server's words on the wrong command.
+            raise self._unreadable("server answered out of turn")
         data = s.encode(self.command_encoding) if isinstance(s, str) else s
         for line in data.decode("latin-1").split("\r\n"):
             if line:
@@ -200,10 +204,7 @@ class RelaySession(smtplib.SMTP):
             try:
                 check_start(self._buffer)
             except ReplyFormatError as exc:
-                said = bytes(self._buffer[:MAX_LINE_BYTES]).split(b"\n", 1)[0]
-                self._record("<", said.decode("utf-8", "replace").rstrip("\r"))
-                self.close()
-                raise NotSMTP(self.step, str(exc)) from exc
+                raise self._unreadable(str(exc)) from exc
             end = self._buffer.find(b"\n")
             if end > MAX_LINE_BYTES or (end < 0 and len(self._buffer) > MAX_LINE_BYTES):
                 self.close()
@@ -226,6 +227,13 @@ class RelaySession(smtplib.SMTP):
                 self.close()
                 raise ConnectionLost(self.step, "connection closed by the server")
             self._buffer += chunk
+
+    def _unreadable(self, reason: str) -> NotSMTP:
+        """Record what the server sent that is no reply to anything, and hang up."""
+        said = bytes(self._buffer[:MAX_LINE_BYTES]).split(b"\n", 1)[0]
+        self._record("<", said.decode("utf-8", "replace").rstrip("\r"))
+        self.close()
+        return NotSMTP(self.step, reason)
 
     def _remaining(self) -> float:
         remaining = self.deadline.remaining()
@@ -324,6 +332,11 @@ class RelaySession(smtplib.SMTP):
             exchange.rcpt = rcpt if 200 <= exchange.mail.code < 300 else None
             self.step = "reply to RSET"
             exchange.rset = self.read_reply()
+            # RSET always earns a 250 (RFC 5321 4.1.1.5): anything else, or bytes left
+            # over, means more replies than commands, and none can be matched to one.
+            if self._buffer or not 200 <= exchange.rset.code < 300:
+                exchange.mail = exchange.rcpt = None
+                raise self._unreadable("server answered out of turn")
             return
         exchange.mail = self.command(mail_cmd)
         if 200 <= exchange.mail.code < 300:

@@ -479,3 +479,14 @@ def test_server_text_cannot_forge_lines_fields_or_perfdata(script, state, verbos
         assert line.isprintable(), repr(line)
         assert "X" * 201 not in line   # server text is cut at 200 characters a line
     assert body.count("\n") == len(body.splitlines()) - 1   # no other line breaks
+
+
+@pytest.mark.parametrize("ehlo", [EHLO, EHLO_NO_PIPELINING], ids=["pipelining", "lockstep"])
+def test_extra_replies_are_not_pinned_on_the_next_command(ehlo):
+    """A server that answers MAIL twice must not have its second 250 read as RCPT's."""
+    with HostileServer(Script(ehlo=ehlo, mail="250 2.1.0 Ok\n250 2.1.0 Ok again")) as server:
+        result = check(server)
+    assert result.returncode == 3, result.stdout
+    assert result.status_line.startswith(
+        "OPEN_RELAY UNKNOWN - not an SMTP server: server answered out of turn (at reply to ")
+    assert result.perf_value("accepted") == 0

@@ -105,7 +105,8 @@ def test_session_reading_ends_in_replies_or_a_session_error(data):
 
 
 @given(st.lists(st.tuples(st.sampled_from([220, 250, 354, 421, 451, 550, 554]),
-                          st.lists(st.text(st.characters(blacklist_characters="\r\n"),
+                          st.lists(st.text(st.characters(blacklist_categories=("Cs",),
+                                                         blacklist_characters="\r\n"),
                                            max_size=30), min_size=1, max_size=4)),
                 max_size=6))
 def test_session_reads_well_formed_replies_exactly(sent):
