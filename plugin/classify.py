@@ -57,6 +57,11 @@ RULES: tuple[Rule, ...] = (
     Rule(_ONLY_RCPT, "2", outcome=Outcome.ACCEPTED, reason="recipient accepted"),
     Rule(_ONLY_MAIL, "2", outcome=Outcome.ACCEPTED, reason="sender accepted"),
     Rule(_BOTH, "4", text=r"gr[ae]ylist", outcome=Outcome.TEMPFAIL, reason="greylisted"),
+    # Postfix's stock defer_unauth_destination (Debian's default): the same relay
+    # decision as 554 5.7.1, sent as 454 so that a mistake defers instead of bouncing.
+    # Every retry gets it again, so it refuses the relay.
+    Rule(_ONLY_RCPT, "4", enhanced="4.7.1", text=r"relay access denied",
+         outcome=Outcome.REFUSED, reason="relaying refused (deferred by policy)"),
     Rule(_BOTH, "421", outcome=Outcome.TEMPFAIL, reason="server closing the connection"),
     Rule(_BOTH, "4", outcome=Outcome.TEMPFAIL, reason="temporary failure"),
     Rule(_BOTH, "5", text=_TLS_FIRST, enhanced="5.7.0", outcome=Outcome.INCONCLUSIVE,
@@ -82,6 +87,10 @@ RULES: tuple[Rule, ...] = (
          reason="the checking client itself is blocked; relay policy not reached"),
     Rule(_BOTH, "5", text=r"helo command rejected", outcome=Outcome.INCONCLUSIVE,
          reason="HELO name refused; relay policy not reached (see --helo)"),
+    # Exim's "require verify = sender" answers at RCPT, naming the *sender*: before
+    # "Unrouteable address" reads as a recipient domain problem.
+    Rule(_BOTH, "5", text=r"sender verify failed", outcome=Outcome.INCONCLUSIVE,
+         reason="sender verification failed; relay policy not reached (see --from)"),
     Rule(_BOTH, "5", enhanced="5.1.3", outcome=Outcome.REFUSED,
          reason="address syntax refused"),
     Rule(_BOTH, "5", enhanced="5.1.7", outcome=Outcome.REFUSED,

@@ -16,6 +16,8 @@ CASES = [
     (RCPT, 450, "4.2.0 <x@y>: Recipient address rejected: Greylisted, see "
                 "http://postgrey.schweikert.ch/", T, "greylisted"),
     (RCPT, 451, "4.7.1 Please try again later (graylisting)", T, "greylisted"),
+    (RCPT, 454, "4.7.1 <x@relay.example>: Relay access denied", R,
+     "relaying refused (deferred by policy)"),
     (RCPT, 421, "4.7.0 mx closing connection", T, "server closing the connection"),
     (RCPT, 450, "4.1.2 <x@nowhere.example>: Recipient address rejected: Domain not found",
      T, "temporary failure"),
@@ -47,6 +49,8 @@ CASES = [
      "HELO name refused; relay policy not reached (see --helo)"),
     (RCPT, 554, "<x>: Helo command rejected: Host not found", U,
      "HELO name refused; relay policy not reached (see --helo)"),
+    (RCPT, 550, "Verification failed for <x@mx.example> Unrouteable address Sender verify "
+                "failed", U, "sender verification failed; relay policy not reached (see --from)"),
     (RCPT, 554, "5.7.1 <x@relay.example>: Relay access denied", R, "refused by policy"),
     (RCPT, 550, "Unrouteable address", U, "recipient domain unknown"),
     (MAIL, 550, "Sender domain does not exist", U, "sender domain unknown"),
