@@ -14,13 +14,18 @@ import nagiosplugin
 
 from .classify import Outcome
 from .probe import AttemptResult, TargetReport, describe_failure
-from .reply import printable
+from .reply import Reply, printable
 from .session import TranscriptLine
 from .targets import TargetPlan
 
 # Nagios keeps 8 KB of plugin output: full dialogues for the first few accepted
 # attempts, one line each for the rest.
 FULL_EVIDENCE = 5
+# Lines of one reply shown in that evidence: a hostile server can send a hundred.
+EVIDENCE_REPLY_LINES = 3
+# What the default long output may take of the 8 KB, leaving room for the status
+# line and perfdata however long the server's replies were.
+LONG_OUTPUT_BYTES = 7000
 
 
 @dataclass(frozen=True)
@@ -217,7 +222,18 @@ def long_output(report: TargetReport, state, level: int) -> list[str]:
         for transcript in report.transcripts:
             out.append(f"Connection {transcript.connection} to {transcript.address}:")
             out.extend(_format_lines(transcript.lines, timed=True))
-    return out
+    return out if level else _within(out, LONG_OUTPUT_BYTES)
+
+
+def _within(lines: list[str], budget: int) -> list[str]:
+    """The lines that fit in `budget` bytes, and a last line saying what was cut."""
+    used = 0
+    for index, line in enumerate(lines):
+        used += len(line.encode()) + 1
+        if used > budget:
+            return [*lines[:index], f"... {len(lines) - index} more lines cut to stay within "
+                                    "what Nagios keeps; run with -v to see them"]
+    return lines
 
 
 def _reply(result: AttemptResult) -> str:
@@ -229,10 +245,18 @@ def _evidence(result: AttemptResult) -> list[str]:
     """The MAIL/RCPT exchange of one attempt, each command next to its reply."""
     lines = [f"  {result.attempt.test.id} ({result.attempt.test.purpose}):",
              f"    C: MAIL FROM:{printable(result.attempt.mail_from)}"]
-    lines.extend(f"    S: {line}" for line in result.mail.wire_lines())
+    lines.extend(f"    S: {line}" for line in _first_lines(result.mail))
     lines.append(f"    C: RCPT TO:{printable(result.attempt.rcpt_to)}")
-    lines.extend(f"    S: {line}" for line in result.rcpt.wire_lines())
+    lines.extend(f"    S: {line}" for line in _first_lines(result.rcpt))
     return lines
+
+
+def _first_lines(reply: Reply) -> list[str]:
+    wire = reply.wire_lines()
+    if len(wire) <= EVIDENCE_REPLY_LINES:
+        return wire
+    shown = EVIDENCE_REPLY_LINES - 1
+    return [*wire[:shown], f"... ({len(wire) - shown} more lines)"]
 
 
 def _format_lines(lines: list[TranscriptLine], timed: bool, indent: int = 2) -> list[str]:

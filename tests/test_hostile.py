@@ -490,3 +490,17 @@ def test_extra_replies_are_not_pinned_on_the_next_command(ehlo):
     assert result.status_line.startswith(
         "OPEN_RELAY UNKNOWN - not an SMTP server: server answered out of turn (at reply to ")
     assert result.perf_value("accepted") == 0
+
+
+@pytest.mark.parametrize("reply", [
+    "250 2.1.5 " + "Y" * 1000, multiline(250, *["2.1.5 " + "Z" * 300] * 99)],
+    ids=["long-lines", "many-lines"])
+def test_long_replies_keep_the_default_output_within_what_nagios_keeps(reply):
+    with HostileServer(Script(banner="220 " + "B" * 1000, mail=reply, rcpt=reply)) as server:
+        quiet = check(server)
+        verbose = check(server, "-v")
+    assert quiet.returncode == verbose.returncode == 2
+    assert len(quiet.stdout.encode()) < 8192
+    assert "more lines cut to stay within what Nagios keeps" in quiet.long_output
+    assert quiet.status_line == verbose.status_line
+    assert all(f"  {test_id} " in verbose.long_output for test_id in TEST_IDS)
