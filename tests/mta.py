@@ -17,6 +17,7 @@ users to drop privileges to, mount namespaces).
 from __future__ import annotations
 
 import contextlib
+import functools
 import ipaddress
 import os
 import re
@@ -64,6 +65,22 @@ _OUTCOME_LINE = re.compile(
 def require_root() -> None:
     if os.geteuid() != 0:
         pytest.skip("real MTAs need root (port 25, privilege separation, mount namespaces)")
+    problem = _namespace_problem()
+    if problem:
+        pytest.skip(f"no private mount namespace for the MTAs' resolv.conf: {problem}")
+
+
+@functools.cache
+def _namespace_problem() -> str:
+    """Why `isolated` cannot work here ("" when it can)."""
+    try:
+        done = subprocess.run(["unshare", "--mount", "--propagation", "private", "true"],
+                              capture_output=True, text=True, timeout=COMMAND_SECONDS)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return str(exc)
+    if done.returncode == 0:
+        return ""
+    return done.stderr.strip() or f"unshare exited {done.returncode}"
 
 
 def client_address(server: str) -> str:
@@ -252,9 +269,17 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
             process.wait(timeout=grace)
         except subprocess.TimeoutExpired:
             continue
-        # The leader is gone; its children may still be finishing their SIGTERM.
-        with contextlib.suppress(ProcessLookupError):
+        # The leader is gone; its children may still be finishing their SIGTERM, and
+        # one that still holds the listening socket would block the next server on
+        # the same address.
+        deadline = time.monotonic() + STOP_SECONDS
+        try:
             os.killpg(process.pid, signal.SIGKILL)
+            while time.monotonic() < deadline:
+                os.killpg(process.pid, 0)
+                time.sleep(0.02)
+        except ProcessLookupError:
+            pass   # the whole group is gone
         return
 
 
