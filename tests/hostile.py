@@ -16,14 +16,17 @@ import contextlib
 import re
 import socket
 import ssl
+import struct
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from conftest import PluginRun
 
-# Answers that are not replies: end the connection, or keep it open and say nothing.
+# Answers that are not replies: end the connection (politely, or with a TCP reset), or
+# keep it open and say nothing.
 HANG_UP = "<hang up>"
+RESET = "<reset>"
 SILENCE = "<silence>"
 
 RELAY_DENIED = "554 5.7.1 Relay access denied"
@@ -105,6 +108,12 @@ class Peer:
         self.hung_up = True
         with contextlib.suppress(OSError):
             self.sock.shutdown(socket.SHUT_RDWR)
+
+    def reset(self) -> None:
+        """Abort the connection: the client sees ECONNRESET, not an orderly close."""
+        self.hung_up = True
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.sock.close()
 
     def start_tls(self, context: ssl.SSLContext) -> None:
         self.sock.settimeout(5)
@@ -227,6 +236,9 @@ class Script:
         """Give one answer; False when the connection is over."""
         if text == HANG_UP:
             peer.hang_up()
+            return False
+        if text == RESET:
+            peer.reset()
             return False
         if text == SILENCE:
             peer.hold()

@@ -6,6 +6,7 @@ Each test runs the plugin as a process against a small server from hostile.py.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import time
 
@@ -17,6 +18,7 @@ from hostile import (
     EHLO_NO_PIPELINING,
     HANG_UP,
     RELAY_DENIED,
+    RESET,
     SILENCE,
     Answer,
     HostileServer,
@@ -155,7 +157,7 @@ def peak_rss_kib(server: HostileServer) -> tuple[PluginRun, int]:
 @pytest.mark.parametrize(("reply", "reason"), [
     (endless_lines, "reply longer than 100 lines"),
     (endless_line, "reply line longer than 2048 bytes")])
-def test_endless_reply_is_unknown_with_bounded_memory(reply, reason, capsys):
+def test_endless_reply_is_unknown_with_bounded_memory(reply, reason):
     with HostileServer(Script()) as server:
         _, baseline = peak_rss_kib(server)
     with HostileServer(Script(ehlo=reply)) as server:
@@ -163,13 +165,12 @@ def test_endless_reply_is_unknown_with_bounded_memory(reply, reason, capsys):
         result, peak = peak_rss_kib(server)
         took = time.monotonic() - started
     assert result.returncode == 3, result.stdout
-    assert reason in result.status_line
-    assert "EHLO" in result.status_line
+    assert result.status_line == (
+        f"OPEN_RELAY UNKNOWN - not an SMTP server: {reason} (at reply to EHLO)")
     assert took < 5
-    with capsys.disabled():
-        print(f"\n  peak RSS against {reply.__name__}: {peak} KiB "
-              f"(closed server: {baseline} KiB)")
-    assert peak - baseline < 8 * 1024
+    # Against a closed server the plugin peaks at some 35-45 MiB (the interpreter and
+    # its libraries); the endless reply must not add to that.
+    assert peak - baseline < 8 * 1024, f"peak {peak} KiB, closed server {baseline} KiB"
 
 
 # -- 421 and hang-ups: reconnect where it helps, keep what was learned -------------------
@@ -194,14 +195,31 @@ def test_421_mid_dialogue_reconnects_and_finishes_the_battery():
 
 
 STEPS = {   # where the server hangs up → what the plugin was waiting for
-    "ehlo": "reply to EHLO", "mail": "reply to MAIL FROM", "rcpt": "reply to RCPT TO"}
+    "ehlo": "reply to EHLO", "after-ehlo": "reply to MAIL FROM",
+    "mail": "reply to MAIL FROM", "rcpt": "reply to RCPT TO"}
 
 
-@pytest.mark.parametrize("verb", [*STEPS, "rset"])
-@pytest.mark.parametrize("ehlo", [EHLO, EHLO_NO_PIPELINING], ids=["pipelining", "lockstep"])
-def test_hang_up_once_at_any_step_costs_a_reconnect_not_a_result(verb, ehlo):
-    script = Script(ehlo=ehlo, rcpt=relay_plain)
-    setattr(script, verb, on_connection(HANG_UP, getattr(script, verb)))
+def end_at(script: Script, step: str, how: str, once: bool = False) -> Script:
+    """`script`, ending the connection (HANG_UP, RESET) at `step`; with `once`, only the first."""
+    verb = "ehlo" if step == "after-ehlo" else step
+    normal = getattr(script, verb)
+
+    def answer(peer: Peer, line: str) -> str:
+        reply = normal(peer, line) if callable(normal) else normal
+        if once and peer.number > 1:
+            return reply
+        if step == "after-ehlo":   # the EHLO reply, then the end: the client's MAIL meets it
+            peer.say(reply)
+        return how
+    setattr(script, verb, answer)
+    return script
+
+
+@pytest.mark.parametrize("step", [*STEPS, "rset"])
+@pytest.mark.parametrize(("ehlo", "how"), [(EHLO, RESET), (EHLO_NO_PIPELINING, HANG_UP)],
+                         ids=["pipelining-reset", "lockstep-close"])
+def test_hang_up_once_at_any_step_costs_a_reconnect_not_a_result(step, ehlo, how):
+    script = end_at(Script(ehlo=ehlo, rcpt=relay_plain), step, how, once=True)
     with HostileServer(script) as server:
         result = check(server, "--tests", FEW)
         connections = len(server.peers)
@@ -211,13 +229,15 @@ def test_hang_up_once_at_any_step_costs_a_reconnect_not_a_result(verb, ehlo):
     assert connections == 2
 
 
-@pytest.mark.parametrize("verb", STEPS)
-def test_hang_up_at_every_connection_is_unknown_after_a_few_tries(verb):
-    with HostileServer(Script(**{verb: HANG_UP})) as server:
+@pytest.mark.parametrize("how", [HANG_UP, RESET], ids=["close", "reset"])
+@pytest.mark.parametrize("step", STEPS)
+def test_hang_up_at_every_connection_is_unknown_after_a_few_tries(step, how):
+    with HostileServer(end_at(Script(), step, how)) as server:
         result = check(server)
         connections = len(server.peers)
     assert result.returncode == 3, result.stdout
-    assert result.status_line.endswith(f"connection closed by the server (at {STEPS[verb]})")
+    assert re.fullmatch(rf"OPEN_RELAY UNKNOWN - connection (closed by the server|lost .*) "
+                        rf"\(at {STEPS[step]}\)", result.status_line), result.status_line
     assert connections <= 3   # a server that always hangs up is not hammered
 
 
@@ -231,7 +251,7 @@ def test_hang_up_at_every_rset_still_decides_every_test():
 
 
 def test_reset_mid_battery_after_a_relay_keeps_it_critical():
-    vanishing = on_connection(nth({1: ACCEPTED}, HANG_UP), HANG_UP)
+    vanishing = on_connection(nth({1: ACCEPTED}, RESET), RESET)
     with HostileServer(Script(ehlo=EHLO_NO_PIPELINING, rcpt=vanishing)) as server:
         result = check(server)
     assert result.returncode == 2, result.stdout
@@ -467,10 +487,9 @@ EVIL = "ok | evil=1;2;3 \x1b[31m\x07\x00\x08\x7f\x85\u2028\u2029\u202e x" + "X" 
     (Script(banner=EVIL), 3),
     (Script(ehlo="250-" + EVIL + "\n" + EVIL), 3),
 ], ids=["accepted", "mail-refused", "tempfail", "421-banner", "not-smtp", "not-smtp-later"])
-@pytest.mark.parametrize("verbosity", ["-v", "-vvv"])
-def test_server_text_cannot_forge_lines_fields_or_perfdata(script, state, verbosity):
+def test_server_text_cannot_forge_lines_fields_or_perfdata(script, state):
     with HostileServer(script) as server:
-        result = check(server, verbosity)
+        result = check(server, "-vvv")   # every part of the long output, transcripts too
     assert result.returncode == state, result.stdout
     body, perfdata = result.stdout.rstrip("\n").rsplit("\n| ", 1)
     assert "|" not in body

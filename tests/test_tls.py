@@ -9,6 +9,7 @@ import re
 import ssl
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +21,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from hostile import (
     ACCEPTED,
+    HANG_UP,
     RELAY_DENIED,
+    SILENCE,
     HostileServer,
     Peer,
     Script,
@@ -100,7 +103,8 @@ def certs(tmp_path_factory) -> Certificates:
                         issue(folder, "self-signed"))
 
 
-def check(server: HostileServer, *extra: str, trust: Path | None = None) -> PluginRun:
+def check(server: HostileServer, *extra: str, trust: Path | None = None,
+          timeout: str = "5") -> PluginRun:
     """The plugin against `server`; `trust` is the only CA it trusts with --tls-verify."""
     command = plugin_command()
     env = dict(os.environ)
@@ -111,7 +115,7 @@ def check(server: HostileServer, *extra: str, trust: Path | None = None) -> Plug
         env.pop("SSL_CERT_DIR", None)
     done = subprocess.run(
         [*command, "-H", "127.0.0.1", "-p", str(server.port), "--to", OUTSIDE,
-         "-t", "5", *extra], capture_output=True, text=True, timeout=30, env=env,
+         "-t", timeout, *extra], capture_output=True, text=True, timeout=30, env=env,
         stdin=subprocess.DEVNULL)
     result = PluginRun(done.returncode, done.stdout, done.stderr)
     assert_sane(result)
@@ -179,7 +183,7 @@ def broken_handshake(peer: Peer, line: str) -> str:
     """Says yes to STARTTLS, then answers the TLS ClientHello in plain text."""
     peer.say(READY)
     peer.send(b"220 still talking plain text\r\n")
-    return "<hang up>"
+    return HANG_UP
 
 
 def test_failed_handshake_falls_back_to_plain_text_like_a_spammer_would():
@@ -200,6 +204,27 @@ def test_failed_handshake_with_starttls_always_is_unknown():
         result = check(server, "--starttls", "always")
     assert result.returncode == 3, result.stdout
     assert result.status_line.startswith("OPEN_RELAY UNKNOWN - TLS handshake: ")
+
+
+def stalled_handshake(peer: Peer, line: str) -> str:
+    peer.say(READY)
+    return SILENCE
+
+
+@pytest.mark.parametrize("implicit", [False, True], ids=["starttls", "ssl"])
+def test_stalled_handshake_is_unknown_in_time(implicit):
+    if implicit:
+        script = Script(banner=SILENCE)   # never answers the client's TLS hello
+    else:
+        script = tls_first(None)
+        script.starttls = stalled_handshake
+    started = time.monotonic()
+    with HostileServer(script) as server:
+        result = check(server, *(["--ssl"] if implicit else []), timeout="1")
+    assert result.returncode == 3, result.stdout
+    assert result.status_line == (
+        "OPEN_RELAY UNKNOWN - TLS handshake with 127.0.0.1 unfinished after 1 s")
+    assert time.monotonic() - started < 1 + 1
 
 
 @pytest.mark.parametrize("which", ["self_signed", "expired", "good"])
