@@ -271,16 +271,25 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
             continue
         # The leader is gone; its children may still be finishing their SIGTERM, and
         # one that still holds the listening socket would block the next server on
-        # the same address.
-        deadline = time.monotonic() + STOP_SECONDS
-        try:
+        # the same address.  Zombies hold nothing: they wait for init to reap them.
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
-            while time.monotonic() < deadline:
-                os.killpg(process.pid, 0)
-                time.sleep(0.02)
-        except ProcessLookupError:
-            pass   # the whole group is gone
+        deadline = time.monotonic() + STOP_SECONDS
+        while _live_members(process.pid) and time.monotonic() < deadline:
+            time.sleep(0.02)
         return
+
+
+def _live_members(group: int) -> list[int]:
+    """Processes of a process group that are not zombies, from /proc."""
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            # "pid (comm) state ppid pgrp ...": comm may hold spaces, so split after ")".
+            fields = stat.read_text().rpartition(")")[2].split()
+            if int(fields[2]) == group and fields[0] != "Z":
+                members.append(int(stat.parent.name))
+    return members
 
 
 def isolated(argv: list[str], home: Path, binds: dict[Path, Path] | None = None) -> list[str]:
