@@ -29,8 +29,10 @@ for name in opensmtpd opensmtpq; do
         --home /var/lib/opensmtpd/empty --no-create-home --disabled-password \
         --ingroup "$name" "$name"
 done
-# OpenSMTPD chroots its unprivileged processes here (a path compiled into smtpd).
+# Paths compiled into smtpd, as the package would create them: the chroot of its
+# unprivileged processes, and the spool, on which each test instance mounts its own.
 install -d -m 0755 -o root -g root /var/lib/opensmtpd/empty
+install -d -m 0711 -o root -g root /var/spool/smtpd
 
 mkdir -p "$ROOT"
 download=$(mktemp -d)
