@@ -501,7 +501,10 @@ def exim(address: str, hostname: str, relay_from_hosts: str,
     recipient verification succeed without DNS: the local domains' mailboxes are the
     `local_parts` list (default: any local part), everything else is "remote" via the sink.
     TLS is not offered, which spares each connection a handshake and changes nothing
-    the ACL decides.
+    the ACL decides.  `-C` names a file outside TRUSTED_CONFIG_LIST
+    (/etc/exim4/trusted_configs): the daemon keeps root because its caller is root;
+    the delivery process it re-executes logs "exim user lost privilege for using -C
+    option" and runs as Debian-exim, which is all an SMTP delivery needs.
     """
     require_root()
     if not EXIM.exists():
