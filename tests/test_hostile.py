@@ -10,6 +10,7 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 
 import pytest
 from conftest import OUTSIDE, ROOT, PluginRun, plugin_command, run_plugin
@@ -49,7 +50,7 @@ def timed(server: HostileServer, *extra: str, timeout: str) -> tuple[PluginRun, 
     return result, time.monotonic() - started
 
 
-def nth(answers: dict[int, str], otherwise: str):
+def nth(answers: dict[int, str], otherwise: str) -> Callable[[Peer, str], str]:
     """An answer by the number of the command on its connection (1 = first of its verb)."""
     def answer(peer: Peer, line: str) -> str:
         verb = line.split(":", 1)[0].upper()
@@ -58,7 +59,7 @@ def nth(answers: dict[int, str], otherwise: str):
     return answer
 
 
-def on_connection(first: Answer, later: Answer):
+def on_connection(first: Answer, later: Answer) -> Callable[[Peer, str], str]:
     """One answer on the first connection, another on every later one."""
     def answer(peer: Peer, line: str) -> str:
         chosen = first if peer.number == 1 else later
@@ -85,8 +86,7 @@ def test_banner_trickled_past_the_deadline_is_unknown_in_time():
 
 
 def test_replies_a_byte_at_a_time_within_the_deadline_still_decide():
-    trickler = Script(ehlo=EHLO_NO_PIPELINING, trickle=0.001,
-                      rcpt=RELAY_DENIED)
+    trickler = Script(ehlo=EHLO_NO_PIPELINING, trickle=0.001, rcpt=RELAY_DENIED)
     with HostileServer(trickler) as server:
         result = check(server, "--tests", FEW, timeout="10")
     assert result.returncode == 0, result.stdout
@@ -277,7 +277,7 @@ def test_reset_mid_battery_after_a_relay_keeps_it_critical():
 
 # -- not SMTP at all ---------------------------------------------------------------------
 
-def speak_first(data: bytes):
+def speak_first(data: bytes) -> Callable[[Peer], None]:
     def handler(peer: Peer) -> None:
         peer.send(data)
         peer.hold()
@@ -374,7 +374,7 @@ def test_replies_with_and_without_enhanced_status_codes(rcpt, code, outcome):
 
 # -- temporary failures ------------------------------------------------------------------
 
-def some_tests_tempfail(accept_plain: bool):
+def some_tests_tempfail(accept_plain: bool) -> Callable[[Peer, str], str]:
     def rcpt(peer: Peer, line: str) -> str:
         if accept_plain and relay_plain(peer, line) == ACCEPTED:
             return ACCEPTED
@@ -413,10 +413,12 @@ def test_tempfail_on_some_tests_is_a_warning_naming_them():
 def test_server_cutting_the_client_off_after_errors_gets_the_whole_battery(limit):
     with HostileServer(Script(max_errors=limit)) as server:
         result = check(server)
-        connections = len(server.peers)
+        cut_off = [peer.hung_up for peer in server.peers]
     assert result.returncode == 0, result.stdout
     assert result.perf_value("refused") == TOTAL
-    assert connections > 1
+    assert len(cut_off) > 1
+    # Exim's limit is met and survived; Postfix's is never reached: the plugin moves on first.
+    assert any(cut_off) if limit == 3 else not any(cut_off)
 
 
 @pytest.mark.parametrize("banner", [
