@@ -332,11 +332,17 @@ class RelaySession(smtplib.SMTP):
             exchange.rcpt = rcpt if 200 <= exchange.mail.code < 300 else None
             self.step = "reply to RSET"
             exchange.rset = self.read_reply()
-            # RSET always earns a 250 (RFC 5321 4.1.1.5): anything else, or bytes left
-            # over, means more replies than commands, and none can be matched to one.
-            if self._buffer or not 200 <= exchange.rset.code < 300:
+            if self._buffer:   # more replies than commands: none can be matched to one
                 exchange.mail = exchange.rcpt = None
                 raise self._unreadable("server answered out of turn")
+            if not 200 <= exchange.rset.code < 300:
+                # RSET always earns a 250 (RFC 5321 4.1.1.5).  Exim refuses the one past
+                # its limit of non-mail commands and hangs up, but a server that answered
+                # MAIL twice looks just the same, its extra reply read as RCPT's.  So this
+                # round trip proves nothing: the test is tried again on a fresh connection.
+                exchange.mail = exchange.rcpt = None
+                self.close()
+                raise ConnectionLost(self.step, f"RSET answered {exchange.rset}, not 250")
             return
         exchange.mail = self.command(mail_cmd)
         if 200 <= exchange.mail.code < 300:

@@ -516,15 +516,36 @@ def test_server_text_cannot_forge_lines_fields_or_perfdata(script, state):
     assert body.count("\n") == len(body.splitlines()) - 1   # no other line breaks
 
 
-@pytest.mark.parametrize("ehlo", [EHLO, EHLO_NO_PIPELINING], ids=["pipelining", "lockstep"])
-def test_extra_replies_are_not_pinned_on_the_next_command(ehlo):
+@pytest.mark.parametrize(("ehlo", "why"), [
+    # Pipelined, which sign comes first depends on when the last reply arrives.
+    (EHLO, r"(not an SMTP server: server answered out of turn|RSET answered 554 5\.7\.1 "
+           r"Relay access denied, not 250) \(at reply to RSET\)"),
+    (EHLO_NO_PIPELINING, r"not an SMTP server: server answered out of turn "
+                         r"\(at reply to RCPT TO\)")], ids=["pipelining", "lockstep"])
+def test_extra_replies_are_not_pinned_on_the_next_command(ehlo, why):
     """A server that answers MAIL twice must not have its second 250 read as RCPT's."""
     with HostileServer(Script(ehlo=ehlo, mail="250 2.1.0 Ok\n250 2.1.0 Ok again")) as server:
         result = check(server)
     assert result.returncode == 3, result.stdout
-    assert result.status_line.startswith(
-        "OPEN_RELAY UNKNOWN - not an SMTP server: server answered out of turn (at reply to ")
+    assert re.fullmatch(f"OPEN_RELAY UNKNOWN - {why}", result.status_line), result.status_line
     assert result.perf_value("accepted") == 0
+
+
+def exim_nonmail_limit(peer: Peer, line: str) -> str:
+    """Exim's smtp_accept_max_nonmail (10): the 11th RSET is refused, the client dropped."""
+    if [verb_of(sent) for sent in peer.lines].count("RSET") > 10:
+        peer.say("554 Too many nonmail commands")
+        return HANG_UP
+    return "250 Reset OK"
+
+
+@pytest.mark.parametrize("ehlo", [EHLO, EHLO_NO_PIPELINING], ids=["pipelining", "lockstep"])
+def test_a_refused_rset_costs_a_reconnect_not_the_battery(ehlo):
+    with HostileServer(Script(ehlo=ehlo, rcpt=ACCEPTED, rset=exim_nonmail_limit)) as server:
+        result = check(server)
+    assert result.returncode == 2, result.stdout
+    assert f"relayed {TOTAL} of {TOTAL} attempts" in result.status_line
+    assert result.perf_value("untested") == 0
 
 
 @pytest.mark.parametrize("reply", [

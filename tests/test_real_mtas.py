@@ -264,14 +264,9 @@ def test_exim_relay_from_hosts_containing_the_client_is_critical(exim_open: Chec
     assert {"plain", "null-sender"} <= accepted <= EXIM_OPEN_ACCEPTED, exim_open.evidence
 
 
-# Known plugin bug since 16726f7 (session.py, "Replies out of turn"): Exim answers the
-# 11th RSET on a connection "554 Too many nonmail commands" (smtp_accept_max_nonmail
-# = 10 counts RSET) and hangs up.  The plugin now takes that reply to RSET for a reply
-# out of turn, drops the transaction and ends the battery: 5 of 9 relays found, 15
-# tests untested.  Before, it reconnected and found all 9.  Strict: remove this mark
-# when the plugin reconnects (or keeps to at most 10 transactions per connection).
-@pytest.mark.xfail(strict=True, reason="plugin aborts the battery on Exim's 554 reply "
-                   "to the 11th RSET (smtp_accept_max_nonmail) instead of reconnecting")
+# Exim answers the 11th RSET on a connection "554 Too many nonmail commands"
+# (smtp_accept_max_nonmail = 10 counts RSET) and hangs up: the plugin retries that
+# test on a fresh connection and goes on.
 def test_exim_open_relay_is_found_in_every_form_it_accepts(exim_open: Check) -> None:
     assert_critical(exim_open, EXIM_OPEN_ACCEPTED)
     assert not exim_open.ids("untested"), exim_open.evidence
