@@ -560,3 +560,20 @@ def test_long_replies_keep_the_default_output_within_what_nagios_keeps(reply):
     assert "more lines cut to stay within what Nagios keeps" in quiet.long_output
     assert quiet.status_line == verbose.status_line
     assert all(f"  {test_id} " in verbose.long_output for test_id in TEST_IDS)
+
+
+@pytest.mark.parametrize(("ehlo", "state"), [(EHLO, 3), (EHLO_NO_PIPELINING, 2)],
+                         ids=["pipelining", "lockstep"])
+def test_rset_always_refused_voids_only_pipelined_answers(ehlo, state):
+    """One command at a time, each reply was read before RSET went out: it stands.
+    Pipelined, a refused RSET may be a reply out of step: nothing is claimed from it."""
+    with HostileServer(Script(ehlo=ehlo, rcpt=ACCEPTED, rset="554 5.5.1 No RSET here")) \
+            as server:
+        result = check(server, "--tests", FEW)
+    assert result.returncode == state, result.stdout
+    if state == 3:
+        assert result.status_line.endswith(
+            "RSET answered 554 5.5.1 No RSET here, not 250 (at reply to RSET)")
+        assert result.perf_value("accepted") == 0
+    else:
+        assert "relayed 3 of 3 attempts" in result.status_line
