@@ -117,12 +117,11 @@ def test_postfix_stock_closed_is_ok_within_its_error_limits(sink: MailSink) -> N
     assert_ok(result)
     # Every attempt costs Postfix one error (the 454); the plugin spreads them over
     # connections so that none reaches the soft limit, past which Postfix sleeps a
-    # second before every reply.  Measured: 4 connections, 0.1 s inside the plugin.
+    # second before every reply.  (bench/run measures the time: 0.17 s, 4 connections.)
     assert errors, result.evidence
     assert max(errors) < SOFT_ERROR_LIMIT, errors
     assert sum(errors) >= TOTAL, errors
     assert f"{len(errors)} connections" in result.run.stdout
-    assert result.seconds < 5, result.evidence
 
 
 def test_postfix_really_slows_down_a_client_past_its_soft_error_limit(
