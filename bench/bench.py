@@ -27,6 +27,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 CHECK = str(Path(sys.executable).parent / "check_open_relay")
 CHECK_SMTP = "/usr/lib/nagios/plugins/check_smtp"
+GNU_TIME = "/usr/bin/time"
 OUTSIDE = "relaytest@relay.example.net"
 
 
@@ -40,22 +41,29 @@ class Run:
 
 
 def run(command: list[str], timeout: float = 120) -> Run:
-    """One child, with its own resource usage (wait4, not the cumulative RUSAGE_CHILDREN)."""
+    """One child, with its own resource usage (wait4, not the cumulative RUSAGE_CHILDREN).
+
+    Peak memory comes from GNU time, a small parent: a child forked from this large
+    process would count this process's pages in its own ru_maxrss until exec.
+    """
     started = time.perf_counter()
-    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                             stdin=subprocess.DEVNULL)
+    child = subprocess.Popen([GNU_TIME, "-f", "%M", *command], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
     killer = threading.Timer(timeout, child.kill)
     killer.start()
     try:
-        assert child.stdout is not None
+        assert child.stdout is not None and child.stderr is not None
         out = child.stdout.read()
+        err = child.stderr.read()
         _, status, usage = os.wait4(child.pid, 0)
     finally:
         killer.cancel()
         child.stdout.close()
+        child.stderr.close()
     child.returncode = os.waitstatus_to_exitcode(status)
+    max_rss = int(err.split()[-1]) if err.split() and err.split()[-1].isdigit() else 0
     return Run(time.perf_counter() - started, usage.ru_utime + usage.ru_stime,
-               usage.ru_maxrss, child.returncode, out.decode(errors="replace"))
+               max_rss, child.returncode, out.decode(errors="replace"))
 
 
 @dataclass
