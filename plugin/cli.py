@@ -23,7 +23,8 @@ DESCRIPTION = """\
 Tests whether a mail server relays mail from an outside sender to an outside
 recipient.  It runs a battery of relay tricks (null sender, spoofed local senders,
 percent hack, source routes, bang paths, quoted and double-@ forms, address
-literals) and stops each at RCPT TO: no message is ever sent (no DATA).
+literals) and stops each at RCPT TO: no message is sent (no DATA), unless
+--deliver asks for proof with one labelled test message per accepted attempt.
 
 Alerts CRITICAL when any attempt was accepted, WARNING when some attempts could
 not be decided (greylisting, unknown domain, temporary failures), UNKNOWN when
@@ -37,6 +38,10 @@ performance data:
   inconclusive  refusals that prove nothing (unknown domain, TLS required, ...)
   tempfail      temporary failures (4xx, greylisting)
   untested      attempts not made (deadline, lost connection)
+  messages      with --deliver: test messages the servers took
+  confirmed     with --verify-imap: test messages found in the mailbox
+  delivery_delay
+                seconds the slowest of them took to arrive
 
 verbosity:
   (none)  status line; on a problem, the dialogue that proves it
@@ -136,7 +141,36 @@ def build_parser() -> argparse.ArgumentParser:
         help="verify the server's certificate and name (default: any certificate)")
     add("--foreign-literal", metavar="IP", default=DEFAULT_FOREIGN_LITERAL,
         help="address for the recipient-at-address-literal test (default: %(default)s)")
+    _add_proof_options(parser.add_argument_group(
+        "proving a relay (opt-in: sends real test messages)"))
     return parser
+
+
+def _add_proof_options(group: argparse._ArgumentGroup) -> None:
+    add = group.add_argument
+    add("--deliver", action="store_true",
+        help="for each attempt the server accepted, complete the transaction with one "
+             "short, labelled test message to --to (never more than one per test form); "
+             "without it no message is ever sent")
+    add("--max-messages", type=int, default=5, metavar="N",
+        help="with --deliver, send at most N test messages per run (default: %(default)s)")
+    add("--verify-imap", metavar="URL",
+        help="with --deliver, look for the test messages in this mailbox and delete them: "
+             "imaps://USER@HOST[:PORT]/MAILBOX, or imap:// with STARTTLS")
+    add("--imap-password-file", metavar="FILE",
+        help="file holding the --verify-imap password on one line")
+    add("--imap-password-env", metavar="NAME",
+        help="environment variable holding the --verify-imap password")
+    add("--verify-wait", type=float, default=20.0, metavar="SECONDS",
+        help="with --verify-imap, wait up to SECONDS for the test messages, within the "
+             "-t deadline (default: %(default)g)")
+    add("--unconfirmed-state", choices=("warning", "critical", "ok"), default="warning",
+        help="state when the server accepted a relay attempt but its test message was "
+             "refused or not delivered in time: accept-then-discard is not a relay "
+             "(default: %(default)s)")
+    add("--evidence-dir", metavar="DIR",
+        help="when a relay attempt is accepted, write one evidence file per server into "
+             "DIR: transcripts, and the headers of delivered test messages")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import nagiosplugin
 
@@ -36,6 +37,9 @@ from .targets import (
     local_recipient_message,
     plan_targets,
 )
+
+if TYPE_CHECKING:
+    from .proof import TargetProof
 
 # Postfix slows a client down after 10 errors on one connection (smtpd_soft_error_limit)
 # and drops it at 20; a test costs at most two error replies.  Reconnect before that.
@@ -72,6 +76,7 @@ class TargetReport:
     failure: SessionError | None = None
     notes: list[str] = field(default_factory=list)
     elapsed: float = 0.0
+    proof: TargetProof | None = None    # --deliver/--evidence-dir, for accepted attempts
 
     def with_outcome(self, outcome: Outcome) -> list[AttemptResult]:
         return [result for result in self.results if result.outcome is outcome]
@@ -98,6 +103,11 @@ class RelayProbe(nagiosplugin.Resource):
         if not targets and not self.plan.null_mx:
             raise nagiosplugin.CheckError("; ".join(p.reason for p in self.plan.problems))
         self.reports = self._run(targets)
+        if settings.deliver or settings.evidence_dir is not None:
+            # Only then: proving loads email, imaplib and ssl.
+            from .proof import prove
+
+            yield from prove(settings, self.plan, self.reports, self.deadline)
         tests = len(settings.tests)
         total = tests * len(self.reports)
         yield nagiosplugin.Metric("relay", self._count(Outcome.ACCEPTED), context="relay")

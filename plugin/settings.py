@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import re
 import socket
 from dataclasses import dataclass
+from pathlib import Path
 
 from nagiosplugin import Range
 
 from .battery import RelayTest, address_literal, select
 from .errors import UsageError
+from .mailbox import MailboxURL, Secret, parse_mailbox_url
 from .targets import delivered_locally, derive_domain, ip_version, local_recipient_message
 
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
@@ -45,6 +48,14 @@ class Settings:
     verbose: int
     warning: str | None
     critical: str | None
+    # Proving a relay (opt-in): see plugin/proof.py.
+    deliver: bool = False
+    max_messages: int = 5
+    verify_imap: MailboxURL | None = None
+    imap_password: Secret | None = None
+    verify_wait: float = 20.0
+    unconfirmed_state: str = "warning"
+    evidence_dir: str | None = None
 
 
 def validate(args: argparse.Namespace) -> Settings:
@@ -111,7 +122,60 @@ def validate(args: argparse.Namespace) -> Settings:
         target_domain=args.target_domain.rstrip(".").lower() if args.target_domain else None,
         tests=tests, starttls=args.starttls, implicit_tls=args.ssl,
         tls_verify=args.tls_verify, foreign_literal=address_literal(args.foreign_literal),
-        verbose=min(args.verbose, 3), warning=args.warning, critical=args.critical)
+        verbose=min(args.verbose, 3), warning=args.warning, critical=args.critical,
+        **_proof_settings(args))
+
+
+def _proof_settings(args: argparse.Namespace) -> dict:
+    """--deliver and its companions.  The password is read here, so that a missing
+    file is a usage error before any connection, and is kept in a Secret from then on."""
+    if args.verify_imap is not None and not args.deliver:
+        raise UsageError("--verify-imap needs --deliver: it looks for the test messages "
+                         "that --deliver sends")
+    if not 1 <= args.max_messages <= 100:
+        raise UsageError(f"--max-messages {args.max_messages} must be from 1 to 100")
+    if not (0 < args.verify_wait <= 3600) or math.isnan(args.verify_wait):
+        raise UsageError(f"--verify-wait {args.verify_wait:g} must be more than 0 and at "
+                         "most 3600")
+    for option, value in (("--verify-imap", args.verify_imap),
+                          ("--imap-password-file", args.imap_password_file),
+                          ("--imap-password-env", args.imap_password_env),
+                          ("--evidence-dir", args.evidence_dir)):
+        if value is not None and (not value or _FORBIDDEN.search(value)):
+            raise UsageError(f"{option} is empty or contains a CR, LF or NUL character")
+    url = password = None
+    if args.verify_imap is not None:
+        try:
+            url = parse_mailbox_url(args.verify_imap)
+        except ValueError as exc:
+            raise UsageError(f"--verify-imap URL {exc}") from exc
+        password = _imap_password(args.imap_password_file, args.imap_password_env)
+    return {"deliver": args.deliver, "max_messages": args.max_messages, "verify_imap": url,
+            "imap_password": password, "verify_wait": args.verify_wait,
+            "unconfirmed_state": args.unconfirmed_state, "evidence_dir": args.evidence_dir}
+
+
+def _imap_password(path: str | None, variable: str | None) -> Secret:
+    """From a file or the environment, never the command line; never echoed in errors."""
+    if (path is None) == (variable is None):
+        raise UsageError("--verify-imap needs the password from exactly one of "
+                         "--imap-password-file FILE and --imap-password-env NAME")
+    if path is not None:
+        try:
+            lines = Path(path).read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            why = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+            raise UsageError(f"--imap-password-file {path}: {why}") from exc
+        if len(lines) != 1:
+            raise UsageError(f"--imap-password-file {path} must hold the password on "
+                             "one line")
+        value, source = lines[0], f"--imap-password-file {path}"
+    else:
+        value, source = os.environ.get(variable, ""), f"--imap-password-env {variable}"
+    # IMAP LOGIN sends the password as a quoted ASCII string.
+    if not value or not all(" " <= char <= "~" for char in value):
+        raise UsageError(f"{source}: the password is empty or not printable ASCII")
+    return Secret(value)
 
 
 def _refuse_local_recipient(recipient: str, host: str, target_domain: str | None) -> None:

@@ -39,6 +39,12 @@ def judge_report(report: TargetReport, seconds: float) -> Verdict:
     total = len(report.results)
     accepted = report.with_outcome(Outcome.ACCEPTED)
     if accepted:
+        if report.proof is not None:   # --deliver: what the test messages showed
+            from .proof import judge_proof
+
+            proven = judge_proof(report.proof, label, len(accepted), total, _ids(accepted))
+            if proven is not None:
+                return Verdict(*proven)
         return Verdict(nagiosplugin.Critical,
                        f"{label} relayed {len(accepted)} of {total} attempts ({_ids(accepted)})")
     untested = report.with_outcome(Outcome.UNTESTED)
@@ -195,6 +201,10 @@ def long_output(report: TargetReport, state, level: int) -> list[str]:
             out.extend(_evidence(result))
         out.extend(f"  {result.attempt.test.id}: C: RCPT TO:{printable(result.attempt.rcpt_to)}"
                    f" S: {result.rcpt}" for result in accepted[FULL_EVIDENCE:])
+    if report.proof is not None:
+        from .proof import proof_lines
+
+        out.extend(proof_lines(report.proof))
     undecided = [result for result in report.results
                  if result.outcome in (Outcome.INCONCLUSIVE, Outcome.TEMPFAIL)]
     if undecided and state != nagiosplugin.Ok:
