@@ -5,6 +5,8 @@ It only measures.  What the measurements mean is for verdict.py.
 
 from __future__ import annotations
 
+import itertools
+import threading
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -12,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import nagiosplugin
 
-from .battery import Attempt, Envelope, address_literal, render
+from .battery import Attempt, Envelope, RelayTest, address_literal, render
 from .classify import Outcome, judge
 from .reply import Reply
 from .session import (
@@ -44,6 +46,12 @@ if TYPE_CHECKING:
 # Postfix slows a client down after 10 errors on one connection (smtpd_soft_error_limit)
 # and drops it at 20; a test costs at most two error replies.  Reconnect before that.
 ERRORS_PER_CONNECTION = 8
+# Tests per connection before a fresh one: Exim allows 10 non-mail commands (each
+# test ends with RSET), Postfix 10 errors before it slows down.
+TESTS_PER_CONNECTION = 7
+# Connections one target may have open at once: enough that a slow banner is waited
+# for once rather than once per connection, few enough never to look like an attack.
+LANES_PER_TARGET = 4
 # A test whose connection dies under it is tried once more on a fresh connection.
 TRIES_PER_TEST = 2
 # Connections in a row that decide nothing before the battery is given up.
@@ -157,44 +165,110 @@ class BatteryRun:
         self.report = TargetReport(target)
         self.tls_context = None
         self.starttls = settings.starttls
+        # Shared by the connections (lanes) that run this target's battery at once.
+        self._lock = threading.Lock()
+        self._queue: deque[RelayTest] = deque()
+        self._retry: deque[RelayTest] = deque()     # tests whose connection died
+        self._tries: dict[str, int] = {}
+        self._numbers = itertools.count(1)
+        self._in_a_row = 0          # connections in a row that decided nothing
+        self._given_up = False
+        self._envelope_cache: Envelope | None = None
+        self._error: Exception | None = None
 
     def run(self) -> TargetReport:
-        pending: deque[Attempt] | None = None
-        tries: dict[str, int] = {}
-        fruitless = 0
-        connection = 0
-        while pending is None or pending:
-            connection += 1
-            try:
-                session = self._open(connection)
-            except SessionError as exc:
-                self.report.failure = exc
-                # A hang-up (not a 421) may be a passing fault: try a fresh connection.
-                fruitless += 1
-                if (isinstance(exc, ConnectionLost) and exc.reply is None
-                        and fruitless < FRUITLESS_CONNECTIONS):
-                    continue
-                break
-            if pending is None:
-                pending = deque(render(self.settings.tests, self._envelope()))
-            decided = self._run_some(session, connection, pending, tries)
-            session.goodbye()
-            if self.report.failure is not None and not isinstance(
-                    self.report.failure, ConnectionLost):
-                break
-            fruitless = 0 if decided else fruitless + 1
-            if fruitless >= FRUITLESS_CONNECTIONS:
-                break
-        if pending is None:   # not even one connection: nothing was tried
-            pending = deque(render(self.settings.tests, self._envelope()))
+        tests = self.settings.tests
+        self._queue.extend(tests)
+        lanes = min(LANES_PER_TARGET, -(-len(tests) // TESTS_PER_CONNECTION)) or 1
+        if lanes == 1:
+            self._lane()
+        else:
+            # A slow banner is then waited for once, not once per connection.
+            threads = [threading.Thread(target=self._lane, name=f"lane-{index}")
+                       for index in range(lanes)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+        if self._error is not None:
+            raise self._error
+        envelope = self._envelope_cache or self._envelope()
         why = describe_failure(self.report.failure, self.target, self.deadline.seconds)
-        for attempt in pending:
-            reason = f"not tried: {why}"
-            self.report.results.append(AttemptResult(attempt, Outcome.UNTESTED, reason))
-        order = {test.id: index for index, test in enumerate(self.settings.tests)}
+        for attempt in render((*self._retry, *self._queue), envelope):
+            self.report.results.append(
+                AttemptResult(attempt, Outcome.UNTESTED, f"not tried: {why}"))
+        order = {test.id: index for index, test in enumerate(tests)}
         self.report.results.sort(key=lambda result: order[result.attempt.test.id])
+        self.report.transcripts.sort(key=lambda transcript: transcript.connection)
+        self.report.notes[:] = dict.fromkeys(self.report.notes)
         self.report.elapsed = self.deadline.elapsed()
         return self.report
+
+    def _lane(self) -> None:
+        """One connection after another, each with the tests it claimed beforehand."""
+        try:
+            while batch := self._claim():
+                with self._lock:
+                    number = next(self._numbers)
+                try:
+                    session = self._open(number)
+                except SessionError as exc:
+                    self._hand_back(batch)
+                    self._fruitless(exc)
+                    # A hang-up (not a 421) may be a passing fault: try a fresh connection.
+                    if not (isinstance(exc, ConnectionLost) and exc.reply is None):
+                        return
+                    continue
+                decided = self._run_some(session, number, self._shared_envelope(), batch)
+                session.goodbye()
+                self._hand_back(batch)
+                if decided:
+                    with self._lock:
+                        self._in_a_row = 0
+                elif self._fruitless(self.report.failure):
+                    return
+                failure = self.report.failure
+                if failure is not None and not isinstance(failure, ConnectionLost):
+                    with self._lock:
+                        self._given_up = True
+        except Exception as exc:   # re-raised in run(): a thread must not swallow it
+            self._error = exc
+
+    def _claim(self) -> deque[RelayTest]:
+        """Tests for one connection, claimed before connecting so that no lane opens a
+        connection with nothing left to do.  A test whose connection died comes first:
+        it is retried only on a fresh connection."""
+        with self._lock:
+            batch: deque[RelayTest] = deque()
+            if self._given_up:
+                return batch
+            if self._retry:
+                batch.append(self._retry.popleft())
+            while self._queue and len(batch) < TESTS_PER_CONNECTION:
+                batch.append(self._queue.popleft())
+            return batch
+
+    def _hand_back(self, batch: deque[RelayTest]) -> None:
+        """Tests a connection did not get to go back to the front of the queue."""
+        with self._lock:
+            self._queue.extendleft(reversed(batch))
+            batch.clear()
+
+    def _fruitless(self, failure: SessionError | None) -> bool:
+        """Count a connection that decided nothing; True when the battery gives up."""
+        with self._lock:
+            if failure is not None:
+                self.report.failure = failure
+            self._in_a_row += 1
+            if self._in_a_row >= FRUITLESS_CONNECTIONS:
+                self._given_up = True
+            return self._given_up
+
+    def _shared_envelope(self) -> Envelope:
+        with self._lock:
+            if self._envelope_cache is None:
+                self._envelope_cache = self._envelope()
+            return self._envelope_cache
 
     def _open(self, connection: int) -> RelaySession:
         session = self._connect(connection)
@@ -245,12 +319,14 @@ class BatteryRun:
             self.report.server_name = _announced_name(banner) or _announced_name(greeting)
         return session
 
-    def _run_some(self, session: RelaySession, connection: int,
-                  pending: deque[Attempt], tries: dict[str, int]) -> int:
-        """Run tests on this connection until it is spent; return how many were decided."""
+    def _run_some(self, session: RelaySession, connection: int, envelope: Envelope,
+                  batch: deque[RelayTest]) -> int:
+        """Run the batch on this connection until it is spent; return how many were
+        decided.  What is left in the batch was not tried."""
         decided = errors = 0
-        while pending and errors + 2 <= ERRORS_PER_CONNECTION:
-            attempt = pending[0]
+        while batch and errors + 2 <= ERRORS_PER_CONNECTION:
+            test = batch.popleft()
+            attempt = render((test,), envelope)[0]
             exchange = Exchange()
             try:
                 session.transaction(attempt.mail_from, attempt.rcpt_to, exchange)
@@ -260,20 +336,11 @@ class BatteryRun:
                 if judgement.outcome is not Outcome.UNTESTED:
                     # The server had decided before the connection died (at RSET, say):
                     # that answer stands, an accepted relay above all.
-                    pending.popleft()
                     self._record(attempt, judgement.outcome, judgement.reason, connection,
                                  exchange.mail, exchange.rcpt, judgement.reached_rcpt)
                     return decided + 1
-                if isinstance(exc, ConnectionLost):
-                    tries[attempt.test.id] = tries.get(attempt.test.id, 0) + 1
-                    if tries[attempt.test.id] >= TRIES_PER_TEST:
-                        # Given up, not decided: a server that drops every test must
-                        # run out of fruitless connections, not get two per test.
-                        pending.popleft()
-                        outcome = Outcome.TEMPFAIL if exc.reply else Outcome.UNTESTED
-                        self._record(attempt, outcome, exc.reason, connection)
+                self._retry_or_give_up(test, attempt, exc, connection)
                 return decided
-            pending.popleft()
             judgement = judge(exchange.mail, exchange.rcpt)
             self._record(attempt, judgement.outcome, judgement.reason, connection,
                          exchange.mail, exchange.rcpt, judgement.reached_rcpt)
@@ -284,6 +351,26 @@ class BatteryRun:
             if exchange.rset is None or exchange.rset.code != 250:
                 break
         return decided
+
+    def _retry_or_give_up(self, test: RelayTest, attempt: Attempt, exc: SessionError,
+                          connection: int) -> None:
+        """A test whose connection failed under it goes back to the queue, once."""
+        lost = isinstance(exc, ConnectionLost)
+        with self._lock:
+            if lost:
+                self._tries[test.id] = self._tries.get(test.id, 0) + 1
+            # After a deadline or a hostile reply no lane goes on: the test stays
+            # queued and is reported as not tried.
+            if not lost:
+                self._queue.appendleft(test)
+                return
+            if self._tries[test.id] < TRIES_PER_TEST:
+                self._retry.append(test)
+                return
+        # Given up, not decided: a server that drops every test must run out of
+        # fruitless connections, not get two per test.
+        outcome = Outcome.TEMPFAIL if exc.reply else Outcome.UNTESTED
+        self._record(attempt, outcome, exc.reason, connection)
 
     def _record(self, attempt: Attempt, outcome: Outcome, reason: str, connection: int,
                 mail: Reply | None = None, rcpt: Reply | None = None,

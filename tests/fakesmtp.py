@@ -55,6 +55,7 @@ class FakeSMTP:
         self.host = host
         self.port = port
         self.commands: list[str] = []
+        self.sessions: list[list[str]] = []     # the same commands, per connection
         self.connections = 0
         self._loop = asyncio.new_event_loop()
         self._server: asyncio.base_events.Server | None = None
@@ -86,11 +87,14 @@ class FakeSMTP:
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(timeout=5)
 
-    def verbs(self) -> list[str]:
-        return [command.split(" ", 1)[0].split(":", 1)[0].upper() for command in self.commands]
+    def verbs(self, commands: list[str] | None = None) -> list[str]:
+        return [command.split(" ", 1)[0].split(":", 1)[0].upper()
+                for command in (self.commands if commands is None else commands)]
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
+        session: list[str] = []
+        self.sessions.append(session)
         behaviour = self.behaviour
         sender = ""
         rcpts = 0
@@ -108,6 +112,7 @@ class FakeSMTP:
                     break
                 line = raw.decode("utf-8", "replace").rstrip("\r\n")
                 self.commands.append(line)
+                session.append(line)
                 upper = line.upper()
                 if upper.startswith("EHLO"):
                     if behaviour.ehlo is None:

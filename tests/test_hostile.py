@@ -31,8 +31,11 @@ from hostile import (
 )
 
 from plugin.battery import TEST_IDS
+from plugin.probe import FRUITLESS_CONNECTIONS, LANES_PER_TARGET, TESTS_PER_CONNECTION
 
 TOTAL = len(TEST_IDS)
+# Connections the plugin opens at once for the whole battery.
+LANES = min(LANES_PER_TARGET, -(-TOTAL // TESTS_PER_CONNECTION))
 FEW = "plain,null-sender,percent-hack-host"
 
 
@@ -108,10 +111,13 @@ def test_silence_after_an_accepted_relay_is_still_critical_with_its_evidence():
     with HostileServer(Script(rcpt=nth({1: ACCEPTED}, SILENCE))) as server:
         result, took = timed(server, timeout="1")
     assert result.returncode == 2, result.stdout
-    assert result.status_line == (
-        f"OPEN_RELAY CRITICAL - 127.0.0.1 relayed 1 of {TOTAL} attempts (plain)")
+    # Each connection (up to LANES at once) gets its first relay accepted, then silence.
+    accepted = int(result.perf_value("accepted"))
+    assert 1 <= accepted <= LANES
+    assert result.status_line.startswith(
+        f"OPEN_RELAY CRITICAL - 127.0.0.1 relayed {accepted} of {TOTAL} attempts (plain")
     assert f"    C: RCPT TO:<{OUTSIDE}>\n    S: 250 2.1.5 Ok" in result.long_output
-    assert result.perf_value("untested") == TOTAL - 1
+    assert result.perf_value("untested") == TOTAL - accepted
     assert took < 1 + 1
 
 
@@ -120,7 +126,7 @@ def test_silence_at_rset_after_an_accepted_relay_keeps_the_evidence():
     with HostileServer(Script(rcpt=ACCEPTED, rset=SILENCE)) as server:
         result = check(server, timeout="1")
     assert result.returncode == 2, result.stdout
-    assert "relayed 1 of" in result.status_line
+    assert 1 <= result.perf_value("accepted") <= LANES
 
 
 # -- replies that never end: bounded memory ----------------------------------------------
@@ -197,7 +203,7 @@ def test_421_at_the_banner_is_unknown_naming_it():
     assert result.returncode == 3
     assert result.status_line == ("OPEN_RELAY UNKNOWN - banner: server closing: "
                                   "421 4.3.2 mx.hostile.test Service shutting down")
-    assert connections == 1
+    assert connections <= LANES   # the lanes' first connections, no retries
 
 
 def test_421_mid_dialogue_reconnects_and_finishes_the_battery():
@@ -252,7 +258,9 @@ def test_hang_up_at_every_connection_is_unknown_after_a_few_tries(step, how):
     assert result.returncode == 3, result.stdout
     assert re.fullmatch(rf"OPEN_RELAY UNKNOWN - connection (closed by the server|lost .*) "
                         rf"\(at {STEPS[step]}\)", result.status_line), result.status_line
-    assert connections <= 3   # a server that always hangs up is not hammered
+    # A server that always hangs up is not hammered: a few fruitless connections in a
+    # row end the battery, plus those the other lanes had already opened.
+    assert connections <= FRUITLESS_CONNECTIONS + LANES - 1
 
 
 def test_hang_up_at_every_rset_still_decides_every_test():
@@ -261,7 +269,7 @@ def test_hang_up_at_every_rset_still_decides_every_test():
         connections = len(server.peers)
     assert result.returncode == 2, result.stdout
     assert f"relayed {TOTAL} of {TOTAL} attempts" in result.status_line
-    assert connections == TOTAL
+    assert TOTAL <= connections <= TOTAL + LANES - 1
 
 
 def test_reset_mid_battery_after_a_relay_keeps_it_critical():
@@ -269,9 +277,12 @@ def test_reset_mid_battery_after_a_relay_keeps_it_critical():
     with HostileServer(Script(ehlo=EHLO_NO_PIPELINING, rcpt=vanishing)) as server:
         result = check(server)
     assert result.returncode == 2, result.stdout
-    assert result.status_line.startswith(
-        f"OPEN_RELAY CRITICAL - 127.0.0.1 relayed 1 of {TOTAL} attempts (plain)")
-    assert f"    C: RCPT TO:<{OUTSIDE}>\n    S: 250 2.1.5 Ok" in result.long_output
+    # Whichever lane's connection the server took first got its first test accepted.
+    match = re.match(rf"OPEN_RELAY CRITICAL - 127.0.0.1 relayed 1 of {TOTAL} attempts "
+                     r"\(([a-z-]+)\)$", result.status_line)
+    assert match, result.status_line
+    assert f"  {match.group(1)} (" in result.long_output
+    assert "\n    S: 250 2.1.5 Ok" in result.long_output
     assert result.perf_value("untested") == TOTAL - 1
 
 
@@ -453,7 +464,8 @@ def verb_of(line: str) -> str:
 SAFETY = {   # name: (server, reconnects)
     "pipelining": (Script(rcpt=ACCEPTED), False),
     "lockstep": (Script(ehlo=EHLO_NO_PIPELINING, rcpt=ACCEPTED), False),
-    "closed": (Script(), True),   # the plugin leaves before Postfix's error limits
+    # 26 refusals fit the lanes' first connections (7 each, under Postfix's limits).
+    "closed": (Script(), False),
     "pipelining-error-limit": (Script(max_errors=3), True),
     "lockstep-error-limit": (Script(ehlo=EHLO_NO_PIPELINING, max_errors=3), True),
     "pipelining-hang-ups": (Script(rcpt=nth({3: HANG_UP}, ACCEPTED)), True),
@@ -487,7 +499,7 @@ def test_no_data_and_every_transaction_reset_and_quit_on_every_connection(script
             assert verbs[-1] == "QUIT", peer.lines
             assert not in_transaction, peer.lines
     assert len(tried) == TOTAL
-    assert (len(peers) > 1) == reconnects
+    assert (len(peers) > LANES) == reconnects
 
 
 # -- server text cannot forge output -----------------------------------------------------

@@ -121,7 +121,10 @@ def test_postfix_stock_closed_is_ok_within_its_error_limits(sink: MailSink) -> N
     assert errors, result.evidence
     assert max(errors) < SOFT_ERROR_LIMIT, errors
     assert sum(errors) >= TOTAL, errors
-    assert f"{len(errors)} connections" in result.run.stdout
+    # The plugin's own count of connections covers every one Postfix logged (a lane
+    # that finds the queue empty may open one more that sends no MAIL).
+    made = int(re.search(r"; (\d+) connections$", result.run.stdout, re.M).group(1))
+    assert len(errors) <= made, (errors, made)
 
 
 def test_postfix_really_slows_down_a_client_past_its_soft_error_limit(
