@@ -204,6 +204,10 @@ def _resolver(text: str) -> tuple[str, int]:
 
 def _mailbox(option: str, value: str) -> str:
     local, at, domain = value.rpartition("@")
+    # RFC 5321 4.5.3.1: a longer address is refused as syntax, which would read as OK.
+    if len(local) > 64 or len(domain) > 255 or len(value) > 254:
+        raise UsageError(f"{option} is longer than RFC 5321 allows (64 octets before "
+                         "the @, 254 in all)")
     if not at or not _LOCAL_PART.match(local) or not (
             _DOMAIN.match(domain) or _is_literal(domain)):
         raise UsageError(f"{option} {value!r} is not a plain mail address (user@domain)")

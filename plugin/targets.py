@@ -41,6 +41,13 @@ class TargetPlan:
 
 
 def ip_version(text: str) -> int | None:
+    """4 or 6 for an IP address, None for anything else.
+
+    An IPv6 zone index ("fe80::1%eth0") is refused: it cannot be written in an SMTP
+    address literal, and text after "%" would go into the dialogue.
+    """
+    if "%" in text:
+        return None
     try:
         return ipaddress.ip_address(text).version
     except ValueError:

@@ -190,3 +190,18 @@ def test_empty_test_list_is_a_usage_error():
     result = run_plugin("-H", "127.0.0.1", "--to", OUTSIDE, "--tests", " , ")
     assert result.returncode == 3
     assert result.stdout == "OPEN_RELAY UNKNOWN - --tests names no test (give test ids or 'all')\n"
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (("--foreign-literal", "::1%> NOTIFY=SUCCESS"), "--foreign-literal '::1%> NOTIFY=SUCCESS' "
+                                                    "is not an IP address"),
+    (("-H", "::1%lo"), "--hostname '::1%lo' is neither a host name nor an address"),
+    (("--from", "x" * 65 + "@relay.example.net"), "--from is longer than RFC 5321 allows"),
+])
+def test_zone_indexes_and_overlong_addresses_are_usage_errors(args, message):
+    base = {"-H": "127.0.0.1", "--to": OUTSIDE}
+    base.update(dict(zip(args[::2], args[1::2], strict=True)))
+    result = run_plugin(*[item for pair in base.items() for item in pair])
+    assert result.returncode == 3
+    assert result.stdout.startswith(f"OPEN_RELAY UNKNOWN - {message}")
+    assert len(result.stdout.splitlines()) == 1
