@@ -97,7 +97,11 @@ class Transcript:
 
 
 class RelaySession(smtplib.SMTP):
-    """An smtplib.SMTP that records and obeys a deadline.  Never sends DATA."""
+    """An smtplib.SMTP that records and obeys a deadline.
+
+    The battery never sends DATA through it; only the opt-in delivery phase
+    (delivery.py, --deliver) does.
+    """
 
     def __init__(self, helo: str, deadline: Deadline, transcript: Transcript,
                  tls_context=None, tls_name: str | None = None) -> None:
