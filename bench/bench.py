@@ -210,6 +210,18 @@ def against_postfix(table: Table, rounds: int) -> None:
                           "target ≤ 40 MB", one.stdout.splitlines()[0][:60])
 
 
+NOTES = """\
+Notes:
+- nmap's time against the stock closed Postfix is its error throttle: one connection,
+  and after 10 refusals Postfix sleeps a second before every reply. check_open_relay
+  spreads the battery over connections of at most 7 tests, up to 4 at once.
+- The spread against the open Postfix is Postfix's own flow control: every accepted
+  MAIL FROM starts a message, and when messages arrive faster than they leave
+  (in_flow_delay, 1 s by default) smtpd pauses before answering. It hits nmap too.
+- Peak memory is measured by GNU time around the plugin process alone.
+"""
+
+
 def machine() -> str:
     cpu = next((line.split(":", 1)[1].strip() for line in
                 Path("/proc/cpuinfo").read_text().splitlines()
@@ -233,7 +245,7 @@ def main() -> None:
     text = (f"# Benchmarks\n\nMeasured by `bash bench/run --rounds {args.rounds}` on "
             f"{today}.\nMachine: {machine()}.\n\nMedians over the rounds, spread "
             "(min-max) in brackets; commands alternate round by round.\n\n"
-            f"{table.markdown()}\n")
+            f"{table.markdown()}\n\n{NOTES}")
     Path(args.output).write_text(text)
     print(f"written to {args.output}")
 
