@@ -51,6 +51,10 @@ _DOMAIN_UNKNOWN = (r"domain not found|host not found|no such domain|domain does 
                    r"|unrouteable|unroutable|name service error|no mx|null mx")
 _CLIENT_BLOCKED = (r"client host|blocked using|block ?list|black ?list|\bdnsbl\b|\brbl\b"
                    r"|spamhaus")
+# Worded, not just "relay": servers echo the address, and relaytest@relay.example.net
+# in any refusal would otherwise read as a relay verdict.
+_RELAY_DENIED = (r"relay(ing)? (access )?(denied|not permitted|not allowed|prohibited|refused)"
+                 r"|(not permitted|not allowed|unable|cannot) to relay|no relaying")
 _TLS_FIRST = r"starttls|\btls\b|encrypt"
 
 RULES: tuple[Rule, ...] = (
@@ -102,7 +106,7 @@ RULES: tuple[Rule, ...] = (
          reason="recipient domain unknown"),
     Rule(_ONLY_MAIL, "5", text=_DOMAIN_UNKNOWN, outcome=Outcome.INCONCLUSIVE,
          reason="sender domain unknown"),
-    Rule(_BOTH, "5", text=r"relay", outcome=Outcome.REFUSED, reason="relaying denied"),
+    Rule(_BOTH, "5", text=_RELAY_DENIED, outcome=Outcome.REFUSED, reason="relaying denied"),
     Rule(_BOTH, "5", text=r"restricted characters", outcome=Outcome.REFUSED,
          reason="address form refused"),
     Rule(_BOTH, "553", outcome=Outcome.REFUSED, reason="mailbox name not allowed"),
