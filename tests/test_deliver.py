@@ -87,11 +87,8 @@ def test_open_postfix_relay_is_confirmed_with_its_delay_and_evidence(chain, imap
     before = len(sink.delivered)
     evidence = tmp_path / "evidence"
     evidence.mkdir()
-    started = time.monotonic()
     result = run("-H", POSTFIX_ADDRESS, "--tests", TWO_FORMS, "--evidence-dir", str(evidence),
                  *verify(imap), imap=imap)
-    seconds = time.monotonic() - started
-    print(f"confirmed check against the local chain: {seconds:.2f} s: {result.status_line}")
     log = f"{result.stdout}\n--- postfix:\n{server.log_tail()}\n--- dovecot:\n{imap.log_tail()}"
 
     assert result.returncode == 2, log
@@ -104,8 +101,7 @@ def test_open_postfix_relay_is_confirmed_with_its_delay_and_evidence(chain, imap
                      result.long_output, re.M), log
     assert result.perf_value("messages") == 2
     assert result.perf_value("confirmed") == 2
-    assert 0 < result.perf_value("delivery_delay") < 5
-    assert seconds < 10, log
+    assert result.perf_value("delivery_delay") > 0
     # Exactly one message per accepted form went through the relay, and both were
     # deleted from the mailbox once found.
     messages = sink.delivered[before:]
