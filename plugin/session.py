@@ -135,22 +135,25 @@ class RelaySession(smtplib.SMTP):
         except OSError as exc:
             raise SessionError("connect", exc.strerror or str(exc)) from exc
         if self.implicit_tls_context is not None:
-            self.step = "TLS handshake"
-            sock.settimeout(self._remaining())
-            try:
-                sock = self.implicit_tls_context.wrap_socket(
-                    sock, server_hostname=self.tls_name or host)
-            except TimeoutError as exc:
-                sock.close()
-                raise self._expired() from exc
-            except ssl.SSLCertVerificationError as exc:
-                sock.close()
-                raise UntrustedCertificate(exc) from exc
-            except OSError as exc:
-                sock.close()
-                raise SessionError("TLS handshake", str(exc)) from exc
+            sock = self._handshake(sock, self.implicit_tls_context, self.tls_name or host)
         self._buffer.clear()
         return sock
+
+    def _handshake(self, sock: socket.socket, context, server_name: str) -> socket.socket:
+        """TLS over `sock`, within the deadline; the plain socket is closed on failure."""
+        self.step = "TLS handshake"
+        try:
+            sock.settimeout(self._remaining())
+            return context.wrap_socket(sock, server_hostname=server_name)
+        except TimeoutError as exc:
+            sock.close()
+            raise self._expired() from exc
+        except ssl.SSLCertVerificationError as exc:
+            sock.close()
+            raise UntrustedCertificate(exc) from exc
+        except OSError as exc:
+            sock.close()
+            raise SessionError("TLS handshake", str(exc)) from exc
 
     def send(self, s) -> None:
         if self._buffer:
@@ -277,20 +280,13 @@ class RelaySession(smtplib.SMTP):
         reply = self.command("STARTTLS")
         if reply.code != 220:
             raise SessionError("STARTTLS", f"refused: {reply}")
-        self.step = "TLS handshake"
         # Bytes the server sent before the handshake are not to be trusted (RFC 3207).
         self._buffer.clear()
         try:
-            self.sock.settimeout(self._remaining())
-            self.sock = context.wrap_socket(self.sock, server_hostname=self._host)
-        except TimeoutError as exc:
-            raise self._expired() from exc
-        except ssl.SSLCertVerificationError as exc:
+            self.sock = self._handshake(self.sock, context, self._host)
+        except SessionError:
             self.close()
-            raise UntrustedCertificate(exc) from exc
-        except OSError as exc:
-            self.close()
-            raise SessionError("TLS handshake", str(exc)) from exc
+            raise
         self.note(f"TLS established: {self.sock.version()} {self.sock.cipher()[0]}")
         self.helo_resp = self.ehlo_resp = None
         self.esmtp_features = {}
