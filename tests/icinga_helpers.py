@@ -42,6 +42,20 @@ STOCK_NAGIOS_PLUGIN_COMMANDS = Path("/etc/nagios-plugins/config")
 PLUGIN_DIR = "/usr/lib/nagios/plugins"
 
 
+
+def stop_group(proc: subprocess.Popen | None) -> None:
+    """End a daemon started in a session of its own, with whatever it forked."""
+    if proc is None or proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=5)
+    except ProcessLookupError:
+        pass
+
 def run_as() -> dict[str, str]:
     """Environment that makes icinga2 keep the current user instead of switching to nagios."""
     user = pwd.getpwuid(os.getuid()).pw_name
@@ -190,16 +204,7 @@ class NagiosNode:
                                          start_new_session=True)
 
     def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        try:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            self.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=5)
-        except ProcessLookupError:
-            pass
+        stop_group(self.proc)
 
     def log_tail(self, lines: int = 30) -> str:
         log = self.base / "nagios.log"
@@ -340,16 +345,7 @@ class IcingaNode:
                                          start_new_session=True)
 
     def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        try:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            self.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=5)
-        except ProcessLookupError:
-            pass
+        stop_group(self.proc)
 
     def log_tail(self, lines: int = 40) -> str:
         if not self.console_log.exists():
