@@ -205,3 +205,23 @@ def test_zone_indexes_and_overlong_addresses_are_usage_errors(args, message):
     assert result.returncode == 3
     assert result.stdout.startswith(f"OPEN_RELAY UNKNOWN - {message}")
     assert len(result.stdout.splitlines()) == 1
+
+
+def test_time_thresholds_warn_and_go_into_perfdata():
+    # "~:0" is violated by any positive time: the threshold path without a slow server.
+    with FakeSMTP() as server:
+        warn = check(server, "-w", "~:0", "-c", "100")
+        crit = check(server, "-c", "~:0")
+    assert warn.returncode == 1, warn.stdout
+    assert re.fullmatch(r"OPEN_RELAY WARNING - 127\.0\.0\.1 refused all 26 relay attempts; "
+                        r"slow: [0-9.]+ s \(outside range ~:0\)", warn.status_line)
+    assert re.fullmatch(r"[0-9.]+s;~:0;100;0", warn.perfdata["time"])
+    assert crit.returncode == 2
+    assert "slow:" in crit.status_line
+
+
+def test_an_accepted_relay_stays_critical_whatever_the_time():
+    with FakeSMTP(Behaviour(rcpt=open_relay)) as server:
+        result = check(server, "-w", "~:0")
+    assert result.returncode == 2
+    assert "relayed 26 of 26 attempts" in result.status_line
