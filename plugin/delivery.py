@@ -15,8 +15,8 @@ from enum import StrEnum
 
 from .battery import Attempt
 from .mailbox import TOKEN_HEADER
-from .probe import AttemptResult, BatteryRun, TargetReport, describe_failure
 from .reply import Reply
+from .runner import AttemptResult, BatteryRun, TargetReport, describe_failure
 from .session import Deadline, RelaySession, SessionError
 from .settings import Settings
 

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 from . import __version__
 from .classify import Outcome
-from .probe import TargetReport
+from .runner import TargetReport
 from .settings import Settings
 from .targets import TargetPlan
 

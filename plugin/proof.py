@@ -20,8 +20,8 @@ from .classify import Outcome
 from .delivery import Delivery, DeliveryRun, Handover
 from .evidence import EvidenceError, write_evidence
 from .mailbox import CLEANUP_SECONDS, Arrival, Mailbox, MailboxError
-from .probe import AttemptResult, TargetReport
 from .reply import printable
+from .runner import AttemptResult, TargetReport
 from .session import Deadline
 from .settings import Settings
 from .targets import Problem, TargetPlan

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import nagiosplugin
 
 from .classify import Outcome
-from .probe import AttemptResult, TargetReport, describe_failure
 from .reply import Reply, printable
+from .runner import AttemptResult, TargetReport, describe_failure
 from .session import TranscriptLine
 from .targets import TargetPlan
 

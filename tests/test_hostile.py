@@ -31,7 +31,7 @@ from hostile import (
 )
 
 from plugin.battery import TEST_IDS
-from plugin.probe import FRUITLESS_CONNECTIONS, LANES_PER_TARGET, TESTS_PER_CONNECTION
+from plugin.runner import FRUITLESS_CONNECTIONS, LANES_PER_TARGET, TESTS_PER_CONNECTION
 
 TOTAL = len(TEST_IDS)
 # Connections the plugin opens at once for the whole battery.

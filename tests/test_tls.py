@@ -32,7 +32,7 @@ from hostile import (
 )
 
 from plugin.battery import TEST_IDS
-from plugin.probe import LANES_PER_TARGET
+from plugin.runner import LANES_PER_TARGET
 
 TOTAL = len(TEST_IDS)
 EHLO_STARTTLS = multiline(250, "mx.hostile.test", "PIPELINING", "STARTTLS")
