@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 
@@ -211,12 +212,19 @@ def _plan_domain(plan: TargetPlan, resolver: DomainResolver, domain: str, port: 
     if hosts is None:
         plan.null_mx.append(domain)
         return
-    found = False
-    for host in hosts:
+    def lookup(host: str) -> list[str] | TargetError:
         try:
-            addresses = resolver.addresses(host, family)
+            return resolver.addresses(host, family)
         except TargetError as exc:
-            plan.problems.append(Problem(host, str(exc), fatal=False))
+            return exc
+
+    # Each MX host's look-ups wait on the network: ask for all of them at once.
+    with ThreadPoolExecutor(max_workers=min(len(hosts), 8)) as pool:
+        answers = list(pool.map(lookup, hosts))
+    found = False
+    for host, addresses in zip(hosts, answers, strict=True):
+        if isinstance(addresses, TargetError):
+            plan.problems.append(Problem(host, str(addresses), fatal=False))
             continue
         if not addresses:
             plan.problems.append(Problem(host, f"MX host {host} of {domain} has no "
