@@ -33,7 +33,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from mta import require_root, workspace
+from mta import ThreadingServer, require_root, workspace
 
 DOVECOT = Path("/usr/sbin/dovecot")
 IMAP_ADDRESS = "127.0.6.3"
@@ -249,11 +249,6 @@ class _SinkHandler(socketserver.StreamRequestHandler):
         self.wfile.write(text.encode() + b"\r\n")
 
 
-class _ThreadingServer(socketserver.ThreadingTCPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-
-
 @dataclass
 class MaildirSink:
     """The final MTA of the chain: every message it receives lands in `maildir`."""
@@ -264,7 +259,7 @@ class MaildirSink:
     delivered: list[bytes] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self._server = _ThreadingServer((self.address, self.port), _SinkHandler)
+        self._server = ThreadingServer((self.address, self.port), _SinkHandler)
         self._server.sink = self   # type: ignore[attr-defined]
         self._thread = threading.Thread(target=self._server.serve_forever,
                                         kwargs={"poll_interval": 0.1}, daemon=True)

@@ -143,7 +143,9 @@ class _SinkHandler(socketserver.StreamRequestHandler):
         self.wfile.write(text.encode() + b"\r\n")
 
 
-class _ThreadingServer(socketserver.ThreadingTCPServer):
+class ThreadingServer(socketserver.ThreadingTCPServer):
+    """A small threaded TCP server for the loopback sinks."""
+
     daemon_threads = True
     allow_reuse_address = True
 
@@ -154,7 +156,7 @@ class MailSink:
     def __init__(self, address: str = SINK_ADDRESS, port: int = SINK_PORT) -> None:
         self.address, self.port = address, port
         self.messages: list[bytes] = []
-        self._server = _ThreadingServer((address, port), _SinkHandler)
+        self._server = ThreadingServer((address, port), _SinkHandler)
         self._server.sink = self   # type: ignore[attr-defined]
         self._thread = threading.Thread(target=self._server.serve_forever,
                                         kwargs={"poll_interval": 0.1}, daemon=True)
