@@ -33,7 +33,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from mta import ThreadingServer, require_root, workspace
+from mta import BackgroundServer, require_root, workspace
 
 DOVECOT = Path("/usr/sbin/dovecot")
 IMAP_ADDRESS = "127.0.6.3"
@@ -250,7 +250,7 @@ class _SinkHandler(socketserver.StreamRequestHandler):
 
 
 @dataclass
-class MaildirSink:
+class MaildirSink(BackgroundServer):
     """The final MTA of the chain: every message it receives lands in `maildir`."""
 
     maildir: Path
@@ -259,20 +259,8 @@ class MaildirSink:
     delivered: list[bytes] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self._server = ThreadingServer((self.address, self.port), _SinkHandler)
-        self._server.sink = self   # type: ignore[attr-defined]
-        self._thread = threading.Thread(target=self._server.serve_forever,
-                                        kwargs={"poll_interval": 0.1}, daemon=True)
+        self.serve(self.address, self.port, _SinkHandler)
         self._lock = threading.Lock()
-
-    def __enter__(self) -> MaildirSink:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
 
     def deliver(self, helo: str, peer: str, message: bytes) -> None:
         stamp = datetime.datetime.now(datetime.UTC).strftime("%a, %d %b %Y %H:%M:%S +0000")

@@ -150,18 +150,18 @@ class ThreadingServer(socketserver.ThreadingTCPServer):
     allow_reuse_address = True
 
 
-class MailSink:
-    """Where the relaying configurations send mail: swallows it and counts it."""
+class BackgroundServer:
+    """A ThreadingServer serving in a thread of its own while the `with` block runs;
+    handlers reach the owner as `self.server.sink`."""
 
-    def __init__(self, address: str = SINK_ADDRESS, port: int = SINK_PORT) -> None:
-        self.address, self.port = address, port
-        self.messages: list[bytes] = []
-        self._server = ThreadingServer((address, port), _SinkHandler)
+    def serve(self, address: str, port: int,
+              handler: type[socketserver.BaseRequestHandler]) -> None:
+        self._server = ThreadingServer((address, port), handler)
         self._server.sink = self   # type: ignore[attr-defined]
         self._thread = threading.Thread(target=self._server.serve_forever,
                                         kwargs={"poll_interval": 0.1}, daemon=True)
 
-    def __enter__(self) -> MailSink:
+    def __enter__(self):
         self._thread.start()
         return self
 
@@ -169,6 +169,15 @@ class MailSink:
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(timeout=5)
+
+
+class MailSink(BackgroundServer):
+    """Where the relaying configurations send mail: swallows it and counts it."""
+
+    def __init__(self, address: str = SINK_ADDRESS, port: int = SINK_PORT) -> None:
+        self.address, self.port = address, port
+        self.messages: list[bytes] = []
+        self.serve(address, port, _SinkHandler)
 
 
 class NxDomainResolver:
